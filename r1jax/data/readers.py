@@ -25,8 +25,10 @@ _ANSWER_FORMATS = ("raw", "gsm8k", "boxed")
 class DataError(ValueError):
     """A bad input row; the message starts with 'file:row'."""
 
-    def __init__(self, path: str | os.PathLike, row: int, reason: str):
-        super().__init__(f"{os.fspath(path)}:{row}: {reason}")
+    def __init__(self, path: str | os.PathLike, row: int | None, reason: str):
+        # row None: `path` already names the row ("file:row", an example's meta["source"]).
+        where = os.fspath(path) if row is None else f"{os.fspath(path)}:{row}"
+        super().__init__(f"{where}: {reason}")
         self.path, self.row, self.reason = os.fspath(path), row, reason
 
 
