@@ -1,0 +1,81 @@
+"""Statuses and the result record shared by the server, the workers and the client (no jax here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+OK = "ok"
+WRONG = "wrong"
+NO_ANSWER = "no_answer"
+TIMEOUT = "timeout"
+RESOURCE_LIMIT = "resource_limit"
+RUNTIME_ERROR = "runtime_error"
+REJECTED = "rejected"
+INFRA_ERROR = "infra_error"
+
+STATUSES = (OK, WRONG, NO_ANSWER, TIMEOUT, RESOURCE_LIMIT, RUNTIME_ERROR, REJECTED, INFRA_ERROR)
+# Failures of the service, not of the sample: the trainer masks these instead of rewarding 0.
+INFRA_STATUSES = frozenset({INFRA_ERROR, REJECTED})
+
+TASKS = ("math", "countdown", "code", "none")
+TEMPLATES = ("r1_zero", "r1", "chat")
+ITEM_KEYS = frozenset({"completion", "task", "answer", "meta", "template", "weights", "id", "question"})
+DEFAULT_WEIGHTS = {"accuracy": 1.0}
+
+
+class ItemError(ValueError):
+    """A malformed request item; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What one verifier says about one completion: a score in [0, 1] plus a status and a note."""
+
+    score: float
+    status: str
+    detail: str = ""
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+
+
+def validate_item(item: Any, index: int) -> dict:
+    """Checks one request item and fills defaults; raises ItemError naming the row and field."""
+    where = f"item {index}"
+    if not isinstance(item, dict):
+        raise ItemError(f"{where}: expected an object, got {type(item).__name__}")
+    unknown = set(item) - ITEM_KEYS
+    if unknown:
+        raise ItemError(f"{where}: unknown field(s) {sorted(unknown)}; allowed {sorted(ITEM_KEYS)}")
+    completion = item.get("completion")
+    if not isinstance(completion, str):
+        raise ItemError(f"{where}: field 'completion' must be a string")
+    task = item.get("task", "math")
+    if task not in TASKS:
+        raise ItemError(f"{where}: field 'task' is {task!r}; expected one of {TASKS}")
+    answer = item.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        raise ItemError(f"{where}: field 'answer' must be a string or null")
+    meta = item.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ItemError(f"{where}: field 'meta' must be an object")
+    template = item.get("template", "r1")
+    if template not in TEMPLATES:
+        raise ItemError(f"{where}: field 'template' is {template!r}; expected one of {TEMPLATES}")
+    weights = item.get("weights") or dict(DEFAULT_WEIGHTS)
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in weights.items()
+    ):
+        raise ItemError(f"{where}: field 'weights' must map reward names to numbers")
+    if task == "math" and answer is None and weights.get("accuracy", 0):
+        raise ItemError(f"{where}: task 'math' with an accuracy weight needs field 'answer'")
+    return {
+        "completion": completion,
+        "task": task,
+        "answer": answer,
+        "meta": meta,
+        "template": template,
+        "weights": {k: float(v) for k, v in weights.items()},
+    }
