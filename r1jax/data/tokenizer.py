@@ -66,7 +66,8 @@ class SentencePieceTokenizer:
         model_type: str = "bpe",
     ) -> SentencePieceTokenizer:
         """Trains in memory. Identity normalisation and no dummy prefix, so decode(encode(t)) == t
-        for every string t (unknown characters fall back to UTF-8 byte pieces)."""
+        for every string t without U+2581 ("▁", SentencePiece's own space marker, which decodes to a
+        space); unknown characters fall back to UTF-8 byte pieces."""
         out = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(list(corpus)),
