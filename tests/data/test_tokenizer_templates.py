@@ -49,7 +49,8 @@ def test_r1_zero_is_paper_table_1():
 
 
 def test_chat_templates():
-    assert templates.render_prompt("chatml", "Hi?") == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    chatml = "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert templates.render_prompt("chatml", "Hi?") == chatml
     assert templates.render_prompt("deepseek_r1", "Hi?") == (
         "<｜begin▁of▁sentence｜><｜User｜>Hi?<｜Assistant｜><think>\n")
     r1 = templates.render_prompt("r1", "Hi?")
