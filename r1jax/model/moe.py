@@ -1,0 +1,191 @@
+"""DeepSeekMoE: shared experts + fine-grained routed experts (DeepSeek-V3 §2.1.2, eq. 12-20).
+
+Routing: sigmoid affinities s = σ(x W_r); selection uses s + b (b = RouterBias, the aux-loss-free
+balancing bias, never in the gradient), restricted to the best `topk_group` of `n_group` groups;
+the gate values use s alone, normalised over the K_r chosen and scaled by routed_scaling_factor.
+
+Dispatch is dropless: token-expert pairs are sorted by expert and run through a grouped matmul
+(`jax.lax.ragged_dot`), then unsorted and combined. `moe_einsum` (every expert on every token,
+masked by the gates) is the reference the tests hold it to. With an `expert` mesh axis > 1 the
+dispatch runs under shard_map: tokens are gathered over the expert axis, every shard applies its
+local experts, and psum_scatter returns each token's sum to its home shard.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from r1jax.model.config import ModelConfig
+from r1jax.model.layers import MLP, normal, param
+
+
+class RouterBias(nnx.Variable):
+    """Per-expert selection bias b_i (aux-loss-free load balancing); not a trainable parameter."""
+
+
+def route(x_nd, w_de, bias_e, cfg: ModelConfig):
+    """-> gate weights [N, K] float32, expert ids [N, K] int32, sigmoid scores [N, E] float32."""
+    scores = jax.nn.sigmoid(jnp.einsum("nd,de->ne", x_nd.astype(jnp.float32), w_de.astype(jnp.float32)))
+    choice = scores + jax.lax.stop_gradient(bias_e.astype(jnp.float32))
+    e, g = cfg.n_routed_experts, cfg.n_group
+    if g > 1:
+        # group score = sum of the group's two best biased affinities (node-limited routing)
+        group_scores = jax.lax.top_k(choice.reshape(-1, g, e // g), 2)[0].sum(-1)
+        top_groups = jax.lax.top_k(group_scores, cfg.topk_group)[1]
+        keep_ng = jnp.zeros_like(group_scores, dtype=bool).at[
+            jnp.arange(group_scores.shape[0])[:, None], top_groups].set(True)
+        choice = jnp.where(jnp.repeat(keep_ng, e // g, axis=1), choice, -jnp.inf)
+    idx_nk = jax.lax.top_k(choice, cfg.n_experts_per_tok)[1].astype(jnp.int32)
+    w_nk = jnp.take_along_axis(scores, idx_nk, axis=1)
+    if cfg.norm_topk_prob:
+        w_nk = w_nk / (w_nk.sum(-1, keepdims=True) + 1e-20)
+    return w_nk * cfg.routed_scaling_factor, idx_nk, scores
+
+
+def moe_einsum(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd):
+    """Reference: every expert on every token, combined with the (mostly zero) gate matrix."""
+    n = x_nd.shape[0]
+    gates_ne = jnp.zeros((n, w_gate_edf.shape[0]), jnp.float32).at[jnp.arange(n)[:, None], idx_nk].add(w_nk)
+    h = jax.nn.silu(jnp.einsum("nd,edf->nef", x_nd, w_gate_edf)) * jnp.einsum("nd,edf->nef", x_nd, w_up_edf)
+    y = jnp.einsum("nef,efd->ned", h, w_down_efd)
+    return jnp.einsum("ned,ne->nd", y.astype(jnp.float32), gates_ne).astype(x_nd.dtype)
+
+
+def moe_ragged(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, expert_offset=0):
+    """Dropless sort + ragged_dot over the experts [expert_offset, expert_offset + E_local);
+    assignments to other experts contribute zero (they belong to another shard)."""
+    n, k = idx_nk.shape
+    e_local = w_gate_edf.shape[0]
+    flat_e = idx_nk.reshape(-1) - expert_offset
+    local = (flat_e >= 0) & (flat_e < e_local)
+    key = jnp.where(local, flat_e, e_local)  # foreign assignments sort after all local groups
+    order = jnp.argsort(key, stable=True)
+    tok = order // k
+    sizes = jnp.zeros((e_local + 1,), jnp.int32).at[key].add(1)[:e_local]
+    xs = x_nd[tok]
+    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate_edf, sizes)) * jax.lax.ragged_dot(xs, w_up_edf, sizes)
+    y = jax.lax.ragged_dot(h, w_down_efd, sizes).astype(jnp.float32)
+    wts = jnp.where(local, w_nk.reshape(-1), 0.0)[order]
+    y = jnp.where(local[order][:, None], y * wts[:, None], 0.0)
+    return jnp.zeros((n, x_nd.shape[1]), jnp.float32).at[tok].add(y).astype(x_nd.dtype)
+
+
+def _active_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh is None or mesh.empty else mesh
+
+
+def _token_axes(n: int, mesh) -> tuple[str, ...]:
+    """The batch mesh axes (as in the rules table) that evenly split n tokens."""
+    axes, size = [], 1
+    for a in ("data", "fsdp", "expert"):
+        if a in mesh.axis_names and n % (size * mesh.shape[a]) == 0:
+            axes.append(a)
+            size *= mesh.shape[a]
+    return tuple(axes)
+
+
+def moe_expert_parallel(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, mesh):
+    """moe_ragged with experts split over the `expert` mesh axis (shard_map)."""
+    tok_axes = _token_axes(x_nd.shape[0], mesh)
+    gathered = "expert" in tok_axes
+    tok = P(tok_axes if tok_axes else None)
+
+    def local(x, idx, w, wg, wu, wd):
+        if gathered:  # every expert shard sees the tokens of its expert-axis peers
+            x, idx, w = (jax.lax.all_gather(a, "expert", axis=0, tiled=True) for a in (x, idx, w))
+        y = moe_ragged(x, idx, w, wg, wu, wd, expert_offset=jax.lax.axis_index("expert") * wg.shape[0])
+        if gathered:
+            return jax.lax.psum_scatter(y, "expert", scatter_dimension=0, tiled=True)
+        return jax.lax.psum(y, "expert")
+
+    w_spec = P("expert")
+    return jax.shard_map(local, mesh=mesh, in_specs=(tok, tok, tok, w_spec, w_spec, w_spec),
+                         out_specs=tok)(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd)
+
+
+def seq_aux_loss(scores_bte, idx_btk, mask_bt, cfg: ModelConfig):
+    """Sequence-wise balance loss (DeepSeek-V3 eq. 17-20): α Σ_i f_i P_i per sequence, batch mean.
+    f_i = N_r/(K_r T) · #tokens choosing i;  P_i = mean_t of the normalised affinity s_i / Σ_j s_j."""
+    e, k = cfg.n_routed_experts, cfg.n_experts_per_tok
+    m = mask_bt.astype(jnp.float32)
+    t_valid = jnp.maximum(m.sum(-1), 1.0)  # [B]
+    chosen_bte = jax.nn.one_hot(idx_btk, e, dtype=jnp.float32).sum(-2) * m[..., None]
+    f_be = chosen_bte.sum(1) * e / (k * t_valid[:, None])
+    s_norm = scores_bte / scores_bte.sum(-1, keepdims=True)
+    p_be = (s_norm * m[..., None]).sum(1) / t_valid[:, None]
+    return cfg.seq_aux_alpha * jnp.mean(jnp.sum(f_be * p_be, -1))
+
+
+class MoE(nnx.Module):
+    """Routed experts + shared experts. Returns (y, expert_load_e, aux_loss)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        e, d, f = cfg.n_routed_experts, cfg.d_model, cfg.moe_mlp_dim
+        pdt = cfg.jnp_param_dtype
+        self.gate = Router(cfg, rngs=rngs)
+        self.w_gate = param(normal(rngs, (e, d, f), cfg.init_std, pdt), ("exp", "embed", "mlp"))
+        self.w_up = param(normal(rngs, (e, d, f), cfg.init_std, pdt), ("exp", "embed", "mlp"))
+        self.w_down = param(normal(rngs, (e, f, d), cfg.init_std, pdt), ("exp", "mlp", "embed"))
+        self.shared_experts = MLP(cfg, f * cfg.n_shared_experts, rngs=rngs) if cfg.n_shared_experts else None
+
+    def __call__(self, x_btd, mask_bt=None):
+        cfg = self.cfg
+        b, t, d = x_btd.shape
+        x_nd = x_btd.reshape(b * t, d)
+        bias_e = self.gate.e_score_correction_bias[...]
+        w_nk, idx_nk, scores_ne = route(x_nd, self.gate.kernel[...], bias_e, cfg)
+        dt = cfg.jnp_dtype
+        weights = tuple(w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
+        mesh = _active_mesh()
+        if cfg.moe_impl == "einsum":
+            y_nd = moe_einsum(x_nd, idx_nk, w_nk, *weights)
+        elif mesh is not None and "expert" in mesh.axis_names and mesh.shape["expert"] > 1:
+            y_nd = moe_expert_parallel(x_nd, idx_nk, w_nk, *weights, mesh)
+        else:
+            y_nd = moe_ragged(x_nd, idx_nk, w_nk, *weights)
+        y = y_nd.reshape(b, t, d)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x_btd)
+
+        mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt
+        m_n = mask_bt.reshape(-1).astype(jnp.float32)
+        counts_e = jnp.zeros((cfg.n_routed_experts,), jnp.float32).at[idx_nk].add(
+            jnp.broadcast_to(m_n[:, None], idx_nk.shape))
+        load_e = counts_e / jnp.maximum(counts_e.sum(), 1.0)
+        if cfg.seq_aux_alpha > 0:
+            aux = seq_aux_loss(scores_ne.reshape(b, t, -1), idx_nk.reshape(b, t, -1), mask_bt, cfg)
+        else:
+            aux = jnp.zeros((), jnp.float32)
+        return y, jax.lax.stop_gradient(load_e), aux
+
+
+class Router(nnx.Module):
+    """kernel [d, E] (HF `gate.weight` transposed) and the selection bias (HF `e_score_correction_bias`)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        shape = (cfg.d_model, cfg.n_routed_experts)
+        self.kernel = param(normal(rngs, shape, cfg.init_std, cfg.jnp_param_dtype), ("embed", None))
+        # float32 always: updates of size `rate` must not round away (transformers keeps it fp32 too)
+        self.e_score_correction_bias = RouterBias(jnp.zeros((cfg.n_routed_experts,), jnp.float32))
+
+
+def update_router_bias(state, expert_load_le, rate: float):
+    """Aux-loss-free balancing (DeepSeek-V3 §2.1.2): b_i += rate · sign(mean load − load_i), per MoE
+    layer in order. `state` is an nnx.State holding the RouterBias variables (the full model state
+    or the non-param part); returns a new State. Pure: call it outside the gradient, inside jit."""
+    flat = list(nnx.to_flat_state(state))
+    paths = [i for i, (_, v) in enumerate(flat) if isinstance(v, RouterBias)]
+    if len(paths) != expert_load_le.shape[0]:
+        raise ValueError(f"update_router_bias: state has {len(paths)} RouterBias variables but "
+                         f"expert_load_le has {expert_load_le.shape[0]} rows (one per MoE layer expected)")
+    for row, i in enumerate(paths):
+        path, var = flat[i]
+        load_e = expert_load_le[row].astype(jnp.float32)
+        new = var[...] + rate * jnp.sign(jnp.mean(load_e) - load_e)
+        flat[i] = (path, var.replace(new))
+    return nnx.from_flat_state(flat)

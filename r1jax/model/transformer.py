@@ -1,0 +1,143 @@
+"""The decoder: embed → L pre-norm blocks (attention + MLP or MoE) → final RMSNorm.
+
+`Transformer.__call__` returns final-normed hidden states, never logits: the GRPO loss computes
+log-probs in vocabulary chunks from `unembed_weight()` so [B, T, V] float32 never materialises.
+
+Layers are a Python loop, not an nnx.scan: DeepSeek-V3 mixes dense and MoE layers (different
+parameter trees), the per-layer KV caches differ in shape between GQA and MLA, and a loop keeps
+HF-style per-layer parameter names. Compile time is the price; scan is a later optimisation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.model.attention import GQAttention, MLAttention
+from r1jax.model.config import ModelConfig
+from r1jax.model.layers import MLP, Embed, Linear, RMSNorm, rope_cos_sin
+from r1jax.model.moe import MoE
+from r1jax.parallel.rules import shard
+
+ACT = ("batch", "length", "embed")
+
+
+class ModelAux(NamedTuple):
+    expert_load_le: jax.Array
+    """[n_moe_layers, n_experts]: fraction of routed (token, expert) assignments per expert; rows are the
+    MoE layers in order, then the MoE blocks of the MTP modules (cfg.n_moe_layers counts both)."""
+    aux_loss: jax.Array
+    """Scalar: sum over MoE layers of the sequence-wise balance loss (0 when disabled or dense)."""
+    mtp_hidden_kbtd: jax.Array | None = None
+    """[D, B, T, d] multi-token-prediction hidden states (final-normed); entry k at position i predicts
+    token i + k + 2. None without MTP modules or when decoding with a cache."""
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg)
+        self.self_attn = (MLAttention if cfg.attention == "mla" else GQAttention)(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg)
+        self.is_moe = cfg.is_moe_layer(layer)
+        self.mlp = MoE(cfg, rngs=rngs) if self.is_moe else MLP(cfg, cfg.mlp_dim, rngs=rngs)
+
+    def __call__(self, x_btd, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt):
+        h, cache = self.self_attn(self.input_layernorm(x_btd), positions_bt, cos_sin, segment_ids_bt, cache)
+        x_btd = x_btd + h
+        y = self.post_attention_layernorm(x_btd)
+        stats = None
+        if self.is_moe:
+            y, load_e, aux = self.mlp(y, mask_bt)
+            stats = (load_e, aux)
+        else:
+            y = self.mlp(y)
+        return shard(x_btd + y, ACT), cache, stats
+
+
+class MTPModule(nnx.Module):
+    """DeepSeek-V3 MTP module k: h' = W [RMSNorm(Emb(t_{i+k})); RMSNorm(h_i^{k-1})], then one block.
+    The embedding and output head are shared with the main model; names follow the HF checkpoint
+    (enorm, hnorm, eh_proj, shared_head.norm)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.enorm = RMSNorm(cfg.d_model, cfg)
+        self.hnorm = RMSNorm(cfg.d_model, cfg)
+        self.eh_proj = Linear(2 * cfg.d_model, cfg.d_model, (None, "embed"), cfg, rngs=rngs)
+        self.block = Block(cfg, cfg.n_layers, rngs=rngs)  # the DeepSeek-V3 MTP block is an MoE layer
+        self.norm = RMSNorm(cfg.d_model, cfg)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(cfg, rngs=rngs)
+        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.d_model, cfg)
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else Linear(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs))
+        self.mtp = nnx.List([MTPModule(cfg, rngs=rngs) for _ in range(cfg.n_mtp)])
+
+    def init_cache(self, batch: int, max_len: int) -> tuple[dict, ...]:
+        """One dict per layer: GQA {k, v} [B, S, kv_heads, head_dim]; MLA {c_kv [B, S, d_c],
+        k_rope [B, S, d_h^R]}. Slot = absolute position (docs/contracts.md)."""
+        return tuple(layer.self_attn.init_cache(batch, max_len) for layer in self.layers)
+
+    def __call__(self, tokens_bt, positions_bt, segment_ids_bt=None, cache=None):
+        cfg = self.cfg
+        if cache is not None and segment_ids_bt is not None:
+            raise ValueError("segment_ids_bt (packing) is for the cache-free training forward; "
+                             "decode rows are separate sequences")
+        if cache is not None and len(cache) != cfg.n_layers:
+            raise ValueError(f"cache has {len(cache)} layers, model has n_layers={cfg.n_layers}")
+        positions_bt = positions_bt.astype(jnp.int32)
+        mask_bt = None if segment_ids_bt is None else segment_ids_bt != 0
+        cos_sin = rope_cos_sin(positions_bt, cfg)
+        x = shard(self.embed_tokens(tokens_bt), ACT)
+        new_cache, loads, aux_loss = [], [], jnp.zeros((), jnp.float32)
+        for i, layer in enumerate(self.layers):
+            x, layer_cache, stats = layer(x, positions_bt, cos_sin, segment_ids_bt,
+                                          None if cache is None else cache[i], mask_bt)
+            new_cache.append(layer_cache)
+            if stats is not None:
+                loads.append(stats[0])
+                aux_loss = aux_loss + stats[1]
+        mtp_hidden = None
+        if len(self.mtp) and cache is None:
+            mtp_hidden, mtp_loads, mtp_aux = self._mtp(x, tokens_bt, positions_bt, cos_sin, segment_ids_bt,
+                                                       mask_bt)
+            loads += mtp_loads
+            aux_loss = aux_loss + mtp_aux
+        elif len(self.mtp) and cfg.is_moe:
+            # decoding skips MTP; a uniform load row leaves its router bias unchanged under update_router_bias
+            loads += [jnp.full((cfg.n_routed_experts,), 1.0 / cfg.n_routed_experts)] * len(self.mtp)
+        load_le = jnp.stack(loads) if loads else jnp.zeros((0, cfg.n_routed_experts), jnp.float32)
+        hidden = self.norm(x)
+        return hidden, (None if cache is None else tuple(new_cache)), ModelAux(load_le, aux_loss, mtp_hidden)
+
+    def _mtp(self, h_btd, tokens_bt, positions_bt, cos_sin, segment_ids_bt, mask_bt):
+        """Sequential MTP: module k sees h^{k-1} and the embedding of the token k steps ahead."""
+        outs, loads, aux = [], [], jnp.zeros((), jnp.float32)
+        for k, mod in enumerate(self.mtp, start=1):
+            # t_{i+k}; the last k positions have no such token (their targets are masked by the loss)
+            ahead_bt = jnp.pad(tokens_bt[:, k:], ((0, 0), (0, k)))
+            e = mod.enorm(self.embed_tokens(ahead_bt))
+            h_btd = mod.eh_proj(jnp.concatenate([e, mod.hnorm(h_btd)], axis=-1))
+            h_btd, _, stats = mod.block(h_btd, positions_bt, cos_sin, segment_ids_bt, None, mask_bt)
+            if stats is not None:
+                loads.append(stats[0])
+                aux = aux + stats[1]
+            outs.append(mod.norm(h_btd))
+        return jnp.stack(outs), loads, aux
+
+    def unembed_weight(self) -> jax.Array:
+        """[d_model, vocab] in the compute dtype, tied or not."""
+        w = self.embed_tokens.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+        return w.astype(self.cfg.jnp_dtype)
+
+    def logits(self, hidden_btd) -> jax.Array:
+        """float32 logits [B, T, V]; for sampling and tests (training uses chunked log-probs)."""
+        return jnp.einsum("btd,dv->btv", hidden_btd.astype(self.cfg.jnp_dtype), self.unembed_weight(),
+                          preferred_element_type=jnp.float32)
