@@ -36,8 +36,16 @@ def _check(ret, what):
 
 
 def _mount(src, target, fstype, flags, data):
-    _check(_libc.mount(src.encode() if src else None, target.encode(), fstype.encode() if fstype else None,
-                       flags, data.encode() if data else None), f"mount {target}")
+    _check(
+        _libc.mount(
+            src.encode() if src else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def _blocked_ancestor(path):

@@ -22,15 +22,25 @@ import secrets
 
 from r1jax.reward import sandbox
 from r1jax.reward.mathcheck import after_reasoning
-from r1jax.reward.types import NO_ANSWER, OK, RESOURCE_LIMIT, RUNTIME_ERROR, TIMEOUT, WRONG, ItemError, Verdict
+from r1jax.reward.types import (
+    NO_ANSWER,
+    OK,
+    RESOURCE_LIMIT,
+    RUNTIME_ERROR,
+    TIMEOUT,
+    WRONG,
+    ItemError,
+    Verdict,
+)
 
 _FENCE = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.S)
 MAX_CODE_CHARS = 100_000
 
-_HARNESS = '''
+_HARNESS = """
 def _r1jax_harness():
     import builtins, sys
-    _type, _plain = type, (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
+    _type = type
+    _plain = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
     token, entry, tests = {token!r}, {entry!r}, {tests!r}
     ns = {{"__name__": "__main__", "__builtins__": builtins}}
     exec(compile({source!r}, "solution.py", "exec"), ns)
@@ -74,7 +84,7 @@ def _r1jax_harness():
 
 
 _r1jax_harness()
-'''
+"""
 
 
 def extract_code(completion: str, template: str) -> str | None:
@@ -122,9 +132,13 @@ def parse_tests(meta: dict) -> dict:
         raise ItemError("meta.tests must be an object with type 'stdio' or 'assert'")
     if tests["type"] == "stdio":
         cases = tests.get("cases")
-        if not isinstance(cases, list) or not cases or not all(
-            isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
-            for c in cases
+        if (
+            not isinstance(cases, list)
+            or not cases
+            or not all(
+                isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)
+                for c in cases
+            )
         ):
             raise ItemError("meta.tests.cases must be a non-empty list of {input: str, output: str}")
     else:
@@ -181,7 +195,12 @@ def _run_asserts(source, entry, tests, fraction, limits) -> Verdict:
     report = None
     if r.exit_code == 0 and not (r.timed_out or r.output_exceeded):
         last = r.stdout.rstrip("\n").rsplit("\n", 1)[-1].split(" ")
-        if len(last) == 2 and last[0] == token and len(last[1]) == len(snippets) and set(last[1]) <= {"0", "1"}:
+        if (
+            len(last) == 2
+            and last[0] == token
+            and len(last[1]) == len(snippets)
+            and set(last[1]) <= {"0", "1"}
+        ):
             report = last[1]
     if report is None:
         status = _failure_status(r) if r.exit_code != 0 else WRONG

@@ -54,9 +54,7 @@ _UNIT_WORDS = (
     "degrees?|cm|mm|km|m|meters?|centimeters?|inches|inch|feet|foot|ft|units?|sq|square|cubic|dollars?|cents?|"
     "hours?|minutes?|seconds?|days?|years?|kg|g|grams?|pounds?|miles?|mph|liters?|ml"
 )
-_GREEK = (
-    "alpha beta gamma delta epsilon theta lambda mu nu rho sigma tau phi chi psi omega"
-).split()
+_GREEK = ("alpha beta gamma delta epsilon theta lambda mu nu rho sigma tau phi chi psi omega").split()
 _FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos", "arctan"}
 
 
@@ -125,14 +123,47 @@ def normalize(text: str) -> str:
     if len(text) > MAX_CHARS:
         raise TooLarge(f"answer longer than {MAX_CHARS} characters")
     s = text.strip().strip("$").strip()
-    s = re.sub(r"\\begin\{[pbvB]?matrix\}(.*?)\\end\{[pbvB]?matrix\}", lambda m: "⟦" + m.group(1) + "⟧", s,
-               flags=re.S)
-    for a, b in (("\\left", ""), ("\\right", ""), ("\\displaystyle", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""),
-                 ("\\:", ""), ("\\ ", " "), ("~", " "), ("\\{", "«"), ("\\}", "»"), ("\\lbrace", "«"),
-                 ("\\rbrace", "»"), ("\\cdot", "*"), ("\\times", "*"), ("\\div", "/"), ("\\%", "%"),
-                 ("\\$", ""), ("\\infty", " oo "), ("\\cup", " U "), ("\\pm", "±"), ("{,}", ""),
-                 ("\\le", "≤"), ("\\ge", "≥"), ("\\neq", "≠"), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"),
-                 ("^\\circ", ""), ("^{\\circ}", ""), ("\\circ", ""), ("\\degree", ""), ("°", ""), ("\\quad", " ")):
+    s = re.sub(
+        r"\\begin\{[pbvB]?matrix\}(.*?)\\end\{[pbvB]?matrix\}",
+        lambda m: "⟦" + m.group(1) + "⟧",
+        s,
+        flags=re.S,
+    )
+    for a, b in (
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\displaystyle", ""),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", ""),
+        ("\\:", ""),
+        ("\\ ", " "),
+        ("~", " "),
+        ("\\{", "«"),
+        ("\\}", "»"),
+        ("\\lbrace", "«"),
+        ("\\rbrace", "»"),
+        ("\\cdot", "*"),
+        ("\\times", "*"),
+        ("\\div", "/"),
+        ("\\%", "%"),
+        ("\\$", ""),
+        ("\\infty", " oo "),
+        ("\\cup", " U "),
+        ("\\pm", "±"),
+        ("{,}", ""),
+        ("\\le", "≤"),
+        ("\\ge", "≥"),
+        ("\\neq", "≠"),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("^\\circ", ""),
+        ("^{\\circ}", ""),
+        ("\\circ", ""),
+        ("\\degree", ""),
+        ("°", ""),
+        ("\\quad", " "),
+    ):
         s = s.replace(a, b)
     s = _replace_commands(s)
     s = re.sub(r"\\(" + "|".join(_GREEK) + r")\b", r" \1 ", s)
@@ -188,7 +219,10 @@ def _safe_pow(base, exp):
     if isinstance(exp, sympy.Number) and isinstance(base, sympy.Number):
         if base in (0, 1, -1):
             return sympy.Pow(base, exp)
-        if abs(float(exp)) > MAX_RESULT_DIGITS or abs(float(exp)) * max(_digits(base), 1e-3) > MAX_RESULT_DIGITS:
+        if (
+            abs(float(exp)) > MAX_RESULT_DIGITS
+            or abs(float(exp)) * max(_digits(base), 1e-3) > MAX_RESULT_DIGITS
+        ):
             raise TooLarge("power too large")
     elif isinstance(exp, sympy.Number) and abs(float(exp)) > 1000:
         raise TooLarge("symbolic power too large")
@@ -197,9 +231,19 @@ def _safe_pow(base, exp):
 
 _CONSTS = {"pi": sympy.pi, "oo": sympy.oo, "inf": sympy.oo, "infty": sympy.oo}
 _FUNC_MAP = {
-    "sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot,
-    "sec": sympy.sec, "csc": sympy.csc, "log": sympy.log, "ln": sympy.log, "exp": sympy.exp,
-    "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
+    "sqrt": sympy.sqrt,
+    "sin": sympy.sin,
+    "cos": sympy.cos,
+    "tan": sympy.tan,
+    "cot": sympy.cot,
+    "sec": sympy.sec,
+    "csc": sympy.csc,
+    "log": sympy.log,
+    "ln": sympy.log,
+    "exp": sympy.exp,
+    "arcsin": sympy.asin,
+    "arccos": sympy.acos,
+    "arctan": sympy.atan,
 }
 _CLOSE = {"(": ")", "[": "]", "«": "»", "⟦": "⟧"}
 
@@ -419,7 +463,11 @@ def _arith(a, b, op):
     if op == "-":
         return _check_number(a - b)
     if op == "*":
-        if isinstance(a, sympy.Number) and isinstance(b, sympy.Number) and _digits(a) + _digits(b) > MAX_RESULT_DIGITS:
+        if (
+            isinstance(a, sympy.Number)
+            and isinstance(b, sympy.Number)
+            and _digits(a) + _digits(b) > MAX_RESULT_DIGITS
+        ):
             raise TooLarge("product too large")
         return _check_number(a * b)
     if op == "/":

@@ -36,7 +36,16 @@ class Limits:
     namespaces: bool = True  # new net + mount + pid namespaces; False only in weak mode
 
     def __post_init__(self):
-        for name in ("cpu_s", "wall_s", "memory_mb", "nproc", "fsize_mb", "nofile", "output_bytes", "tmpfs_mb"):
+        for name in (
+            "cpu_s",
+            "wall_s",
+            "memory_mb",
+            "nproc",
+            "fsize_mb",
+            "nofile",
+            "output_bytes",
+            "tmpfs_mb",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)}")
 
@@ -71,12 +80,18 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-I", _LAUNCHER, json.dumps(cfg)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, env=env, cwd="/", close_fds=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=env,
+        cwd="/",
+        close_fds=True,
     )
     try:
-        out, err, timed_out, exceeded = _communicate(proc, json.dumps({"source": source, "stdin": stdin}),
-                                                     limits, t0)
+        out, err, timed_out, exceeded = _communicate(
+            proc, json.dumps({"source": source, "stdin": stdin}), limits, t0
+        )
     finally:
         _kill_group(proc)
         if workdir is not None:
@@ -86,8 +101,14 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
         raise SandboxUnavailable(err.decode(errors="replace").strip())
     if code == EXIT_SETUP_FAILED:
         raise RuntimeError(f"sandbox setup failed: {err.decode(errors='replace').strip()}")
-    return RunResult(code, out.decode(errors="replace"), err.decode(errors="replace"), timed_out, exceeded,
-                     time.monotonic() - t0)
+    return RunResult(
+        code,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        timed_out,
+        exceeded,
+        time.monotonic() - t0,
+    )
 
 
 def _communicate(proc, payload: str, limits: Limits, t0: float):

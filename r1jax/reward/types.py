@@ -66,7 +66,8 @@ def validate_item(item: Any, index: int) -> dict:
         raise ItemError(f"{where}: field 'template' is {template!r}; expected one of {TEMPLATES}")
     weights = item.get("weights") or dict(DEFAULT_WEIGHTS)
     if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in weights.items()
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in weights.items()
     ):
         raise ItemError(f"{where}: field 'weights' must map reward names to numbers")
     if task == "math" and answer is None and weights.get("accuracy", 0):

@@ -1,0 +1,209 @@
+"""A worker pool we manage ourselves: one process per slot, SIGKILLed on deadline and respawned.
+
+concurrent.futures cannot kill a stuck task (sympy deep in C big-integer code ignores signals and
+signal-based timeouts only work on the main thread), so each slot is a dispatcher thread that owns
+one worker process and a pipe: send the item, poll the pipe until the item's deadline, SIGKILL +
+respawn on overrun. Sandboxed programs started by a worker die with it (parent-death signal chain).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+
+from r1jax.reward import sandbox
+from r1jax.reward.types import INFRA_ERROR, STATUSES, TIMEOUT
+
+SANDBOX_UID_BASE = 100_000  # slot k runs programs as uid SANDBOX_UID_BASE + k (its own RLIMIT_NPROC count)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    workers: int = 2
+    max_queue: int = 4096  # items waiting; beyond this the server answers 503 + Retry-After
+    math_deadline_s: float = 10.0  # per math / countdown / custom item, worker killed after it
+    code_slack_s: float = 5.0  # per code item: runs * limits.wall_s + slack
+    max_deadline_s: float = 300.0
+    limits: sandbox.Limits = sandbox.Limits()
+    plugins: tuple[str, ...] = ()  # modules that register custom rewards, imported by every worker
+
+    def __post_init__(self):
+        if self.workers < 1 or self.max_queue < 1:
+            raise ValueError(f"PoolConfig needs workers >= 1 and max_queue >= 1, got {self}")
+
+
+def _worker_main(conn, limits: sandbox.Limits, plugins: tuple[str, ...]):
+    # Imported here so the fork server preloads it once and workers start fast.
+    import importlib
+
+    from r1jax.reward.scoring import score_item
+
+    for mod in plugins:
+        importlib.import_module(mod)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    while True:
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        conn.send(score_item(item, limits))
+
+
+class _Job:
+    __slots__ = ("item", "deadline_s", "result", "done", "t_enqueue")
+
+    def __init__(self, item: dict, deadline_s: float):
+        self.item, self.deadline_s = item, deadline_s
+        self.result = None
+        self.done = threading.Event()
+        self.t_enqueue = time.monotonic()
+
+
+class Overloaded(RuntimeError):
+    """The queue cannot take the batch now; the caller should retry later."""
+
+
+class WorkerPool:
+    def __init__(self, cfg: PoolConfig):
+        self.cfg = cfg
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["r1jax.reward.scoring"])
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.counts = collections.Counter({s: 0 for s in STATUSES})
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.respawns = 0
+        self.busy = 0
+        self._procs: list = [None] * cfg.workers
+        for k in range(cfg.workers):  # started before we listen, so /health is truthful from the start
+            self._spawn(k)
+        self._threads = [
+            threading.Thread(target=self._slot, args=(k,), daemon=True, name=f"reward-slot-{k}")
+            for k in range(cfg.workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ public
+    def deadline_for(self, item: dict) -> float:
+        if item["task"] == "code" and item["weights"].get("accuracy", 0):
+            from r1jax.reward.codecheck import n_runs
+
+            d = n_runs(item["meta"]) * (self.cfg.limits.wall_s + 0.5) + self.cfg.code_slack_s
+        else:
+            d = self.cfg.math_deadline_s
+        return min(d, self.cfg.max_deadline_s)
+
+    def submit_batch(self, items: list[dict]) -> list[_Job]:
+        """Queues all items or none (Overloaded); bounded, so overload never grows memory."""
+        with self._lock:
+            if self._pending + len(items) > self.cfg.max_queue:
+                raise Overloaded(
+                    f"queue holds {self._pending} of {self.cfg.max_queue}; batch of {len(items)}"
+                )
+            self._pending += len(items)
+        jobs = [_Job(it, self.deadline_for(it)) for it in items]
+        for j in jobs:
+            self._queue.put(j)
+        return jobs
+
+    def queue_depth(self) -> int:
+        return self._pending
+
+    def alive_workers(self) -> int:
+        return sum(1 for p in self._procs if p is not None and p[0].is_alive())
+
+    def worker_pids(self) -> list[int]:
+        return [p[0].pid for p in self._procs if p is not None]
+
+    def close(self):
+        self._stop.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+        for k in range(len(self._procs)):
+            self._kill(k)
+
+    # ------------------------------------------------------------------ slots
+    def _spawn(self, k: int):
+        parent, child = self._ctx.Pipe()
+        limits = dataclasses.replace(
+            self.cfg.limits, uid=None if self.cfg.limits.uid is None else SANDBOX_UID_BASE + k
+        )
+        p = self._ctx.Process(
+            target=_worker_main,
+            args=(child, limits, self.cfg.plugins),
+            daemon=True,
+            name=f"reward-worker-{k}",
+        )
+        p.start()
+        child.close()
+        self._procs[k] = (p, parent)
+
+    def _kill(self, k: int):
+        if self._procs[k] is None:
+            return
+        p, conn = self._procs[k]
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.join(timeout=5)
+        conn.close()
+        self._procs[k] = None
+
+    def _finish(self, job: _Job, result: dict):
+        job.result = result
+        with self._lock:
+            self._pending -= 1
+            self.counts[result["status"]] += 1
+            self.latencies_s.append(time.monotonic() - job.t_enqueue)
+        job.done.set()
+
+    def _slot(self, k: int):
+        while not self._stop.is_set():
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._procs[k] is None or not self._procs[k][0].is_alive():
+                self._kill(k)
+                self._spawn(k)
+                self.respawns += 1
+            p, conn = self._procs[k]
+            with self._lock:
+                self.busy += 1
+            t0 = time.monotonic()
+            try:
+                conn.send(job.item)
+                if conn.poll(job.deadline_s):
+                    result = conn.recv()
+                else:
+                    result = _failure(TIMEOUT, f"no verdict within {job.deadline_s:.1f}s; worker killed")
+                    self._kill(k)
+            except (EOFError, OSError, BrokenPipeError) as e:
+                # the worker died under us (kill -9, segfault in a C extension): a grader failure
+                result = _failure(
+                    INFRA_ERROR, f"worker died ({type(e).__name__}) after {time.monotonic() - t0:.2f}s"
+                )
+                self._kill(k)
+            finally:
+                with self._lock:
+                    self.busy -= 1
+            self._finish(job, result)
+            if self._procs[k] is None:
+                self._spawn(k)
+                self.respawns += 1
+
+
+def _failure(status: str, detail: str) -> dict:
+    return {"reward": 0.0, "status": status, "components": {}, "details": {"error": detail}}

@@ -1,0 +1,219 @@
+"""The reward HTTP/JSON service (stdlib ThreadingHTTPServer; never imports jax).
+
+POST /score    {"items": [item, ...]}  ->  {"results": [{"reward", "status", "components", "details"}]}
+               in input order. 400 malformed request (message names the item and field), 413 body too
+               large, 503 + Retry-After when the bounded queue cannot take the batch.
+GET  /health   {"ok", "workers", "alive_workers", "queue_depth", "sandbox": {...}}
+GET  /metrics  counts by status, latency percentiles, respawns, queue depth
+
+  r1jax-reward-server --host 127.0.0.1 --port 8470 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from r1jax.reward import sandbox
+from r1jax.reward.pool import Overloaded, PoolConfig, WorkerPool
+from r1jax.reward.scoring import check_item
+from r1jax.reward.types import INFRA_ERROR, ItemError
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_ITEMS = 16_384
+MAX_CONNECTIONS = 64
+SOCKET_TIMEOUT_S = 30.0  # a client that stops sending mid-request does not hold a thread forever
+
+
+def _percentiles(values) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    xs = sorted(values)
+    pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99)}
+
+
+class RewardServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, pool: WorkerPool, sandbox_report: dict):
+        super().__init__(address, _Handler)
+        self.pool = pool
+        self.sandbox_report = sandbox_report
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.t_start = time.monotonic()
+
+    def health(self) -> dict:
+        return {
+            "ok": self.pool.alive_workers() > 0,
+            "workers": self.pool.cfg.workers,
+            "alive_workers": self.pool.alive_workers(),
+            "queue_depth": self.pool.queue_depth(),
+            "sandbox": self.sandbox_report,
+        }
+
+    def metrics(self) -> dict:
+        p = self.pool
+        return {
+            **self.health(),
+            "busy_workers": p.busy,
+            "counts": dict(p.counts),
+            "latency_s": _percentiles(list(p.latencies_s)),
+            "respawns": p.respawns,
+            "worker_pids": p.worker_pids(),
+            "uptime_s": time.monotonic() - self.t_start,
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
+    server: RewardServer
+
+    def log_message(self, fmt, *args):  # quiet: the trainer logs metrics, not access lines
+        pass
+
+    def _send(self, code: int, body: dict, headers: dict | None = None):
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # client went away; its jobs already finished or will
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, self.server.health())
+        elif self.path == "/metrics":
+            self._send(200, self.server.metrics())
+        else:
+            self._send(404, {"error": f"no route {self.path}; use POST /score, GET /health, GET /metrics"})
+
+    def do_POST(self):
+        if self.path != "/score":
+            self._send(404, {"error": f"no route {self.path}; use POST /score"})
+            return
+        if not self.server.connections.acquire(blocking=False):
+            self._send(503, {"error": "too many concurrent requests"}, {"Retry-After": "1"})
+            self.close_connection = True
+            return
+        try:
+            self._score()
+        finally:
+            self.server.connections.release()
+
+    def _score(self):
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._send(411, {"error": "Content-Length header required"})
+            self.close_connection = True
+            return
+        if length > MAX_BODY_BYTES:
+            self._send(413, {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"})
+            self.close_connection = True
+            return
+        try:
+            body = self.rfile.read(length)
+            if len(body) < length:
+                raise ConnectionError("client sent fewer bytes than Content-Length")
+        except (TimeoutError, ConnectionError, OSError):
+            self.close_connection = True  # disconnected mid-request: nothing was queued
+            return
+        try:
+            payload = json.loads(body)
+            items = payload.get("items") if isinstance(payload, dict) else None
+            if not isinstance(items, list):
+                raise ItemError("body must be a JSON object with a list field 'items'")
+            if len(items) > MAX_ITEMS:
+                raise ItemError(f"{len(items)} items exceed the per-request limit {MAX_ITEMS}")
+            checked = [check_item(it, k) for k, it in enumerate(items)]
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and ItemError are ValueErrors
+            self._send(400, {"error": str(e)[:2000]})
+            return
+        try:
+            jobs = self.server.pool.submit_batch(checked)
+        except Overloaded as e:
+            self._send(503, {"error": str(e)}, {"Retry-After": "1"})
+            return
+        results = []
+        for job in jobs:
+            # the pool enforces each item's deadline; this bound only guards against a pool bug
+            if not job.done.wait(job.deadline_s * 4 + 60):
+                results.append(
+                    {
+                        "reward": 0.0,
+                        "status": INFRA_ERROR,
+                        "components": {},
+                        "details": {"error": "pool did not answer"},
+                    }
+                )
+            else:
+                results.append(job.result)
+        self._send(200, {"results": results})
+
+
+def build_server(host: str, port: int, cfg: PoolConfig, require_sandbox: bool = False) -> RewardServer:
+    report = sandbox.probe(cfg.limits)
+    if not report["ok"]:
+        msg = (
+            "!" * 78 + "\nr1jax reward server: the code sandbox is NOT available: "
+            f"{report['detail']}\nCode items will be answered with status infra_error.\n" + "!" * 78
+        )
+        print(msg, file=sys.stderr, flush=True)
+        if require_sandbox:
+            raise SystemExit("refusing to start without the sandbox (--require-sandbox)")
+    return RewardServer((host, port), WorkerPool(cfg), report)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="r1jax reward server (math, countdown, code sandbox, format, language)"
+    )
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument(
+        "--port", type=int, default=8470, help="0 picks a free port (printed as LISTENING <port>)"
+    )
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-queue", type=int, default=4096)
+    ap.add_argument("--math-deadline", type=float, default=10.0)
+    ap.add_argument("--cpu-s", type=int, default=5)
+    ap.add_argument("--wall-s", type=float, default=10.0)
+    ap.add_argument("--memory-mb", type=int, default=1024)
+    ap.add_argument("--plugin", action="append", default=[], help="module registering custom rewards")
+    ap.add_argument("--require-sandbox", action="store_true", help="exit if namespaces are unavailable")
+    args = ap.parse_args(argv)
+    for mod in args.plugin:
+        importlib.import_module(mod)
+    limits = sandbox.Limits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb)
+    cfg = PoolConfig(
+        workers=args.workers,
+        max_queue=args.max_queue,
+        math_deadline_s=args.math_deadline,
+        limits=limits,
+        plugins=tuple(args.plugin),
+    )
+    server = build_server(args.host, args.port, cfg, args.require_sandbox)
+    print(f"LISTENING {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.pool.close()
+
+
+if __name__ == "__main__":
+    main()
