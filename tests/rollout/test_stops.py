@@ -45,8 +45,8 @@ def hf_tok():
 
 @pytest.fixture(scope="module")
 def sp_tok():
-    return SentencePieceTokenizer.train([templates.R1_ZERO] * 4 + ["<answer> 42 </answer> ## x\n\nUser: y"] * 4,
-                                        vocab_size=400)
+    corpus = [templates.R1_ZERO] * 4 + ["<answer> 42 </answer> ## x\n\nUser: y"] * 4
+    return SentencePieceTokenizer.train(corpus, vocab_size=400)
 
 
 def first_hit_brute_force(tokenizer, ids, stop_strings):
@@ -70,8 +70,8 @@ def first_hit_device(tables, ids):
 def random_streams(tokenizer, n, rng):
     """Token streams from random chunks, each encoded separately, so a stop string is split across
     tokens in many ways (and sometimes sits inside a longer token)."""
-    chunks = ["</", "ans", "wer", ">", "</answer>", "answer>", "<answer>", "\n", "\n\n", "User", ":", " ", "#",
-              "##", "x", "42", "the", " think"]
+    chunks = ["</", "ans", "wer", ">", "</answer>", "answer>", "<answer>", "\n", "\n\n", "User", ":", " ",
+              "#", "##", "x", "42", "the", " think"]
     out = []
     for _ in range(n):
         ids = []
