@@ -148,6 +148,8 @@ def main():
             for d in ("/tmp", "/var/tmp", "/dev/shm"):
                 if os.path.isdir(d):
                     _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_mb']}m,mode=1777")
+            # a /proc of the new pid namespace: the program sees only its own processes
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | 8, None)
             os.makedirs("/tmp/.expose")
             _expose_interpreter("/tmp/.expose")
             workdir = "/tmp/work"

@@ -165,6 +165,7 @@ def start_local_server(
     extra_args: tuple[str, ...] = (),
     plugins: tuple[str, ...] = (),
     startup_timeout_s: float = 60.0,
+    env: dict | None = None,
 ):
     """Starts `python -m r1jax.reward.server` on a free port, yields its URL, kills it on exit."""
     cmd = [
@@ -180,7 +181,9 @@ def start_local_server(
         *[a for p in plugins for a in ("--plugin", p)],
         *extra_args,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True, env=env
+    )
     try:
         port = _read_port(proc, startup_timeout_s)
         url = f"http://{host}:{port}"
