@@ -176,7 +176,8 @@ def test_sft_truncation_policies(sft_examples, tok, tmp_path):
     assert 0 < n_long < 8
     base = dict(batch_size=2, seq_len=seq_len, template="r1", shuffle=False, pack=False)
 
-    ds, stats = make_sft_dataset(sft_examples[:8], tok, SFTPipelineConfig(**base, truncation="truncate"), 0, 1)
+    cfg = SFTPipelineConfig(**base, truncation="truncate")
+    ds, stats = make_sft_dataset(sft_examples[:8], tok, cfg, 0, 1)
     segments = [s for b in ds for s in _segments(b)]
     assert len(segments) == 8 and stats.truncated == n_long and stats.skipped == 0
     for (tokens, mask, _), (p, r) in zip(segments, lengths):
@@ -185,7 +186,8 @@ def test_sft_truncation_policies(sft_examples, tok, tmp_path):
     ds, stats = make_sft_dataset(sft_examples[:8], tok, SFTPipelineConfig(**base, truncation="skip"), 0, 1)
     assert sum(len(_segments(b)) for b in ds) == 8 - n_long and stats.skipped == n_long
 
-    bad = [dict(ex, meta={"source": f"{tmp_path}/sft.jsonl:{k + 1}"}) for k, ex in enumerate(sft_examples[:8])]
+    bad = [dict(ex, meta={"source": f"{tmp_path}/sft.jsonl:{k + 1}"})
+           for k, ex in enumerate(sft_examples[:8])]
     first_long = next(k for k, (p, r) in enumerate(lengths) if p + r > seq_len)
     ds, _ = make_sft_dataset(bad, tok, SFTPipelineConfig(**base, truncation="fail"), 0, 1)
     with pytest.raises(DataError, match=f"sft.jsonl:{first_long + 1}: SFT example .* over seq_len={seq_len}"):
