@@ -107,7 +107,7 @@ def _replace_commands(s: str) -> str:
             out.append(f"sqrt({inner})" if index is None else f"(({inner})^(1/({_replace_commands(index)})))")
             i = j
             continue
-        m = re.match(r"\\(text|textbf|mathrm|mbox|textit|mathbf|operatorname)\s*", s[i:])
+        m = re.match(r"\\(textbf|textit|textrm|text|mathrm|mathbf|mbox|operatorname)(?![A-Za-z])\s*", s[i:])
         if m:
             a, j = _brace_group(s, i + m.end())
             out.append(" " + a + " ")
@@ -171,7 +171,7 @@ def normalize(text: str) -> str:
     s = re.sub(r"\\(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")\b", r" \1 ", s)
     s = re.sub(r"\\[A-Za-z]+", " ", s)  # any other command is layout
     s = s.replace("{", "(").replace("}", ")")
-    s = re.sub(r"(?<![A-Za-z])(" + _UNIT_WORDS + r")(\^?[23])?\s*$", "", s.strip())
+    s = re.sub(r"(?<![A-Za-z])(" + _UNIT_WORDS + r")\s*(\^\s*\(?[23]\)?)?\s*$", "", s.strip())
     s = s.strip().rstrip(".").strip()
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):  # 1,000,000 is a thousands separator, not a list
         s = s.replace(",", "")
@@ -192,8 +192,11 @@ def tokenize(s: str) -> list[str]:
             raise ParseError(f"unexpected character {s[i]!r}")
         tok = m.group(1)
         if tok.isalpha() and tok not in _FUNCS and tok not in _GREEK and tok not in ("pi", "oo", "U", "inf"):
-            if len(tok) > 1 and tok.lower() not in ("infty",):
-                raise ParseError(f"word {tok!r} is text, not math")  # multi-letter words: text answer
+            if len(tok) > 2:
+                raise ParseError(f"word {tok!r} is text, not math")  # longer words: a text answer
+            tokens.extend(tok)  # "xy" is x*y
+            i = m.end()
+            continue
         tokens.append(tok)
         i = m.end()
     return tokens

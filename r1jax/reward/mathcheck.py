@@ -25,9 +25,11 @@ _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 def boxed_contents(text: str) -> list[str]:
     """All \\boxed{...} / \\fbox{...} contents, in order, with nested braces matched."""
-    out = []
+    out, end = [], 0
     for m in re.finditer(r"\\(boxed|fbox)\s*", text):
         i = m.end()
+        if m.start() < end:
+            continue  # a box inside the previous box belongs to it
         if i < len(text) and text[i] == "{":
             depth = 0
             for j in range(i, len(text)):
@@ -37,6 +39,7 @@ def boxed_contents(text: str) -> list[str]:
                     depth -= 1
                     if depth == 0:
                         out.append(text[i + 1 : j])
+                        end = j
                         break
         elif i < len(text):  # "\boxed 5"
             out.append(text[i:].split()[0] if text[i:].split() else "")
