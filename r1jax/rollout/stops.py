@@ -103,20 +103,29 @@ def token_bytes(tokenizer, vocab_size: int | None = None) -> list[bytes]:
     return out
 
 
-def build_tables(sampling, vocab_size: int, tokenizer=None) -> tuple[np.ndarray, ...]:
-    """All stop automata for a SamplingParams: the token-sequence one (ids + sequences) and, when
-    there are stop strings, the string one. Stop strings without a tokenizer are an error."""
+def build_tables(sampling, vocab_size: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    """The stop automata for a SamplingParams: (token-sequence table for ids + sequences, stop-string
+    table). Always two tables, their state counts padded to a power of two (>= 8) with unreachable
+    states, so that changing the stop settings rarely changes shapes (and never forces a recompile
+    while they fit). Stop strings without a tokenizer are an error."""
     sequences = [(t,) for t in sampling.stop_token_ids] + [tuple(s) for s in sampling.stop_sequences]
     for where, seq in enumerate(sequences):
         if any(t >= vocab_size for t in seq):
             raise ValueError(f"stop token ids {seq} (stop condition {where}) are outside the vocabulary "
                              f"of size {vocab_size}")
-    tables = [token_sequence_table(sequences, vocab_size)]
+    seq_table = token_sequence_table(sequences, vocab_size)
     if sampling.stop_strings:
         if tokenizer is None:
             raise ValueError(f"stop_strings {sampling.stop_strings} need a tokenizer to be matched")
-        tables.append(stop_string_table(sampling.stop_strings, token_bytes(tokenizer, vocab_size)))
-    return tuple(tables)
+        str_table = stop_string_table(sampling.stop_strings, token_bytes(tokenizer, vocab_size))
+    else:
+        str_table = np.zeros((1, vocab_size), np.int32)  # stays in state 0, never hits
+    return tuple(_pad_states(t) for t in (seq_table, str_table))
+
+
+def _pad_states(table_sv: np.ndarray) -> np.ndarray:
+    rows = max(8, 1 << (table_sv.shape[0] - 1).bit_length())
+    return np.pad(table_sv, ((0, rows - table_sv.shape[0]), (0, 0)))
 
 
 def advance(tables_sv: Sequence[jax.Array], states_n: jax.Array, tokens_n: jax.Array):

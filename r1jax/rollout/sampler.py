@@ -1,0 +1,421 @@
+"""Prefill + on-device decode loop over a preallocated KV cache: G completions per prompt.
+
+One jitted program per shape bucket does everything between the prompt batch and the `Rollout`:
+
+  prefill B prompts (right-padded, positions 0..P-1; cache slot = absolute position, so the padding
+  slots are overwritten before any query can see them) -> repeat the cache G times (the prompt is
+  computed once, not G times) -> sample the first token from position len_p - 1 -> lax.while_loop:
+  feed the last token at position len_p + t - 1, sample, advance the stop automata, until every row
+  has finished or max_new_tokens is reached -> assemble tokens_bl / log-probs in the training layout.
+
+The KV cache is created and consumed inside that one program, so it never crosses a jit boundary:
+XLA updates it in place in the loop (what donation buys across calls, here for free). Finished rows
+are not extended: they keep running in the batch (static shapes) but nothing they produce is kept.
+Prompt length and max_new_tokens are padded up to buckets (powers of two), so a training run
+compiles a handful of programs; temperature, top_p and max_new_tokens are runtime values.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from r1jax.model.api import cache_shardings, state_shardings
+from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, shard
+from r1jax.rollout import sampling as sampling_lib
+from r1jax.rollout import stops
+from r1jax.rollout.types import FINISH_LENGTH, FINISH_STOP, Rollout, SamplingParams
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Next power of two >= n (at least `minimum`)."""
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _rows_sharding(mesh: Mesh, shape, rules: Rules) -> NamedSharding:
+    """Leading (row) axis over the batch mesh axes where they divide it, the rest replicated."""
+    spec = logical_to_spec(("batch",), rules)
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    keep, size = [], 1
+    for a in axes:
+        if shape[0] % (size * mesh.shape[a]) == 0:
+            keep.append(a)
+            size *= mesh.shape[a]
+    return NamedSharding(mesh, P(tuple(keep) if keep else None, *([None] * (len(shape) - 1))))
+
+
+def _decode_program(
+    graphdef,
+    state,
+    prompt_bp,
+    lens_b,
+    temperature,
+    top_p,
+    max_new,
+    tables,
+    rng,
+    *,
+    n: int,
+    max_new_bucket: int,
+    cache_len: int,
+    top_k: int,
+    top_p_active: bool,
+    pad_id: int,
+    mesh: Mesh | None,
+    rules: Rules,
+):
+    """The whole rollout for one bucket (pure; jitted by `Sampler`). Rows are prompt * n + g."""
+    model = nnx.merge(graphdef, state)
+    b, p = prompt_bp.shape
+    rows, m = b * n, max_new_bucket
+
+    def constrain_cache(cache):
+        if mesh is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, cache_shardings(cache, mesh, rules))
+
+    def sample(t, logits_nv):
+        return sampling_lib.sample_tokens(
+            jax.random.fold_in(rng, t), logits_nv, temperature, top_p, top_k=top_k, top_p_active=top_p_active
+        )
+
+    # ---- prefill the B prompts once, then give every completion its own copy of the cache
+    positions_bp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    hidden_bpd, cache, _ = model(
+        prompt_bp, positions_bp, cache=constrain_cache(model.init_cache(b, cache_len))
+    )
+    last_b1d = jnp.take_along_axis(hidden_bpd, (lens_b - 1)[:, None, None], axis=1)
+    logits_nv = jnp.repeat(model.logits(last_b1d)[:, 0], n, axis=0)
+    cache = constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache))
+    lens_n = jnp.repeat(lens_b, n)
+
+    tok_n, lps_n, lpp_n = sample(0, logits_nv)
+    stop_states, hit_n = stops.advance(tables, jnp.zeros((len(tables), rows), jnp.int32), tok_n)
+    comp_nm = jnp.full((rows, m), pad_id, jnp.int32).at[:, 0].set(tok_n)
+    lps_nm = jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lps_n)
+    lpp_nm = jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lpp_n)
+    carry = dict(
+        t=jnp.int32(1),
+        tok=tok_n,
+        stopped=hit_n,
+        done=hit_n | (max_new <= 1),
+        clen=jnp.ones_like(lens_n),
+        stop_states=stop_states,
+        cache=cache,
+        comp=comp_nm,
+        lps=lps_nm,
+        lpp=lpp_nm,
+    )
+
+    def cond(c):
+        return (c["t"] < max_new) & ~jnp.all(c["done"])
+
+    def body(c):
+        t, active = c["t"], ~c["done"]
+        positions_n1 = (lens_n + t - 1)[:, None]
+        hidden_n1d, cache, _ = model(
+            shard(c["tok"][:, None], ("batch", "length")), positions_n1, cache=c["cache"]
+        )
+        tok, lps, lpp = sample(t, model.logits(hidden_n1d)[:, 0])
+        new_states, hit = stops.advance(tables, c["stop_states"], tok)
+        tok = jnp.where(active, tok, pad_id)
+        return dict(
+            t=t + 1,
+            tok=tok,
+            stopped=c["stopped"] | (active & hit),
+            done=c["done"] | hit | (t + 1 >= max_new),
+            clen=c["clen"] + active,
+            stop_states=jnp.where(active[None], new_states, c["stop_states"]),
+            cache=constrain_cache(cache),
+            comp=c["comp"].at[:, t].set(tok),
+            lps=c["lps"].at[:, t].set(jnp.where(active, lps, 0.0)),
+            lpp=c["lpp"].at[:, t].set(jnp.where(active, lpp, 0.0)),
+        )
+
+    c = jax.lax.while_loop(cond, body, carry)
+
+    # ---- training layout: prompt at [0, len_p), completion at [len_p, len_p + len_c), pad after
+    j_l = jnp.arange(p + m, dtype=jnp.int32)[None]
+    lens_n1, clen_n1 = lens_n[:, None], c["clen"][:, None]
+    in_comp_nl = (j_l >= lens_n1) & (j_l < lens_n1 + clen_n1)
+    comp_idx_nl = jnp.clip(j_l - lens_n1, 0, m - 1)
+    prompt_nl = jnp.pad(jnp.repeat(prompt_bp, n, axis=0), ((0, 0), (0, m)), constant_values=pad_id)
+    tokens_nl = jnp.where(
+        j_l < lens_n1,
+        prompt_nl,
+        jnp.where(in_comp_nl, jnp.take_along_axis(c["comp"], comp_idx_nl, axis=1), pad_id),
+    )
+
+    def place(x_nm):
+        return jnp.where(in_comp_nl, jnp.take_along_axis(x_nm, comp_idx_nl, axis=1), 0.0)
+
+    finish_n = jnp.where(c["stopped"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
+    return dict(
+        tokens_bl=tokens_nl,
+        prompt_lens_b=lens_n,
+        completion_lens_b=c["clen"],
+        finish_reason_b=finish_n,
+        completion_mask_bl=in_comp_nl.astype(jnp.float32),
+        logp_sampling_bl=place(c["lps"]),
+        logp_policy_bl=place(c["lpp"]),
+    )
+
+
+class Sampler:
+    """Caches one compiled rollout program per (shape bucket, static sampling settings) for a model.
+
+    With a mesh, the weights keep the shardings they have in training (from their logical axes and the
+    rules table) and the rows are split over the batch mesh axes; without one, everything runs on the
+    default device. The state passed to `generate` must live on `mesh` (see weight_sync.reshard).
+    """
+
+    def __init__(
+        self,
+        graphdef,
+        *,
+        mesh: Mesh | None = None,
+        pad_id: int = 0,
+        max_cache_len: int | None = None,
+        rules: Rules = DEFAULT_RULES,
+    ):
+        self.graphdef = graphdef
+        self.mesh = mesh
+        self.pad_id = pad_id
+        self.max_cache_len = max_cache_len
+        self.rules = rules
+        self._programs: dict = {}
+        self._tables: dict = {}
+
+    # ----------------------------------------------------------------- host-side checks (before compiling)
+    def _check(self, cfg, prompt_bp, lens_b, sampling: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        prompt_bp, lens_b = np.asarray(prompt_bp), np.asarray(lens_b)
+        if prompt_bp.ndim != 2 or not np.issubdtype(prompt_bp.dtype, np.integer):
+            raise ValueError(
+                f"prompt_tokens_bp must be a 2-D integer array [B, P], got {prompt_bp.dtype} "
+                f"{prompt_bp.shape}"
+            )
+        if lens_b.shape != prompt_bp.shape[:1] or not np.issubdtype(lens_b.dtype, np.integer):
+            raise ValueError(
+                f"prompt_lens_b must be integers of shape [{prompt_bp.shape[0]}], got {lens_b.dtype} "
+                f"{lens_b.shape}"
+            )
+        if prompt_bp.shape[0] == 0:
+            raise ValueError("generate: the prompt batch is empty")
+        for row in np.flatnonzero(lens_b < 1):
+            raise ValueError(
+                f"prompt row {row} is empty (prompt_lens_b[{row}] = {lens_b[row]}); every prompt "
+                "needs at least one token (e.g. BOS)"
+            )
+        for row in np.flatnonzero(lens_b > prompt_bp.shape[1]):
+            raise ValueError(
+                f"prompt_lens_b[{row}] = {lens_b[row]} exceeds the prompt array width {prompt_bp.shape[1]}"
+            )
+        in_prompt = np.arange(prompt_bp.shape[1])[None] < lens_b[:, None]
+        bad = in_prompt & ((prompt_bp < 0) | (prompt_bp >= cfg.vocab_size))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"prompt row {row}, position {col}: token id {prompt_bp[row, col]} is outside the "
+                f"vocabulary [0, {cfg.vocab_size})"
+            )
+        limit = min(x for x in (self.max_cache_len, cfg.max_position_embeddings) if x is not None)
+        row = int(np.argmax(lens_b))
+        if lens_b[row] + sampling.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt row {row} has {lens_b[row]} tokens; with max_new_tokens="
+                f"{sampling.max_new_tokens} it needs a cache of {lens_b[row] + sampling.max_new_tokens} "
+                f"slots, more than the cache length {limit} (max_cache_len / max_position_embeddings)"
+            )
+        return prompt_bp, lens_b
+
+    def _stop_tables(self, sampling: SamplingParams, vocab_size: int, tokenizer):
+        key = (
+            sampling.stop_token_ids,
+            sampling.stop_sequences,
+            sampling.stop_strings,
+            vocab_size,
+            id(tokenizer) if sampling.stop_strings else None,
+        )
+        if key not in self._tables:
+            self._tables[key] = (stops.build_tables(sampling, vocab_size, tokenizer), tokenizer)
+        return self._tables[key][0]
+
+    def _program(self, state, b, p_bucket, m_bucket, cache_len, sampling: SamplingParams, table_shapes):
+        top_p_active = sampling.top_p < 1.0
+        key = (b, p_bucket, m_bucket, cache_len, sampling.n, sampling.top_k, top_p_active, table_shapes)
+        if key in self._programs:
+            return self._programs[key]
+        fn = functools.partial(
+            _decode_program,
+            self.graphdef,
+            n=sampling.n,
+            max_new_bucket=m_bucket,
+            cache_len=cache_len,
+            top_k=sampling.top_k,
+            top_p_active=top_p_active,
+            pad_id=self.pad_id,
+            mesh=self.mesh,
+            rules=self.rules,
+        )
+        if self.mesh is None:
+            jitted = jax.jit(fn)
+        else:
+            rows = b * sampling.n
+            rep = NamedSharding(self.mesh, P())
+            by_row = lambda *shape: _rows_sharding(self.mesh, shape, self.rules)  # noqa: E731
+            in_sh = (
+                state_shardings(state, self.mesh, self.rules),
+                by_row(b, p_bucket),
+                by_row(b),
+                rep,
+                rep,
+                rep,
+                tuple(rep for _ in table_shapes),
+                rep,
+            )
+            length = p_bucket + m_bucket
+            out_sh = dict(
+                tokens_bl=by_row(rows, length),
+                prompt_lens_b=by_row(rows),
+                completion_lens_b=by_row(rows),
+                finish_reason_b=by_row(rows),
+                completion_mask_bl=by_row(rows, length),
+                logp_sampling_bl=by_row(rows, length),
+                logp_policy_bl=by_row(rows, length),
+            )
+            jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh)
+        self._programs[key] = jitted
+        return jitted
+
+    # ----------------------------------------------------------------- the interface
+    def generate(
+        self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None
+    ) -> Rollout:
+        cfg = nnx.merge(self.graphdef, state).cfg  # no copy: only reads the config
+        prompt_bp, lens_b = self._check(cfg, prompt_tokens_bp, prompt_lens_b, sampling)
+        tables = self._stop_tables(sampling, cfg.vocab_size, tokenizer)
+
+        b, max_len = prompt_bp.shape[0], int(lens_b.max())
+        p_bucket, m_bucket = bucket(max_len), bucket(sampling.max_new_tokens)
+        limit = min(x for x in (self.max_cache_len, cfg.max_position_embeddings) if x is not None)
+        cache_len = max(max_len + sampling.max_new_tokens, min(p_bucket + m_bucket, limit))
+        prompt_bp = np.pad(
+            prompt_bp[:, :p_bucket],
+            ((0, 0), (0, max(0, p_bucket - prompt_bp.shape[1]))),
+            constant_values=self.pad_id,
+        )
+        prompt_bp = np.where(np.arange(p_bucket)[None] < lens_b[:, None], prompt_bp, self.pad_id).astype(
+            np.int32
+        )
+
+        table_shapes = tuple(t.shape for t in tables)
+        program = self._program(state, b, p_bucket, m_bucket, cache_len, sampling, table_shapes)
+        args = (
+            state,
+            prompt_bp,
+            lens_b.astype(np.int32),
+            np.float32(sampling.temperature),
+            np.float32(sampling.top_p),
+            np.int32(sampling.max_new_tokens),
+            tables,
+            rng,
+        )
+        if self.mesh is None:
+            out = program(*args)
+        else:
+            with jax.set_mesh(self.mesh):
+                out = program(*args)
+        rollout = Rollout(**out)
+        if tokenizer is not None:
+            rollout = _decode_texts(rollout, tokenizer, sampling.stop_strings, self.pad_id)
+        return rollout
+
+
+def _decode_texts(rollout: Rollout, tokenizer, stop_strings, pad_id: int) -> Rollout:
+    """Decodes the completions, cutting each text right after its first stop string.
+
+    The device automata find every ASCII stop string exactly; if the host text shows one the device
+    missed (a non-ASCII string across partial UTF-8 tokens), the row's tokens are cut at the first
+    token whose prefix decodes to contain it, so texts and arrays never disagree about where it ended.
+    """
+    tokens, plens, clens, finish = jax.device_get(
+        (rollout.tokens_bl, rollout.prompt_lens_b, rollout.completion_lens_b, rollout.finish_reason_b)
+    )
+    texts, cut_rows = [], {}
+    for row in range(tokens.shape[0]):
+        comp = tokens[row, plens[row] : plens[row] + clens[row]].tolist()
+        text = tokenizer.decode(comp)
+        end = stops.find_stop_string(text, stop_strings)
+        if end is not None:
+            earlier = stops.find_stop_string(tokenizer.decode(comp[:-1]), stop_strings) is not None
+            if finish[row] != FINISH_STOP or earlier:
+                k = next(
+                    k
+                    for k in range(1, len(comp) + 1)
+                    if stops.find_stop_string(tokenizer.decode(comp[:k]), stop_strings) is not None
+                )
+                cut_rows[row] = k
+                text = tokenizer.decode(comp[:k])
+                end = stops.find_stop_string(text, stop_strings)
+            text = text[:end]
+        texts.append(text)
+    if not cut_rows:
+        return Rollout(**{**_arrays(rollout), "texts": texts})
+    arrays = jax.device_get(_arrays(rollout))
+    for row, k in cut_rows.items():
+        start = plens[row]
+        arrays["tokens_bl"][row, start + k :] = pad_id
+        for name in ("completion_mask_bl", "logp_sampling_bl", "logp_policy_bl"):
+            arrays[name][row, start + k :] = 0.0
+        arrays["completion_lens_b"][row] = k
+        arrays["finish_reason_b"][row] = FINISH_STOP
+    placed = {name: jax.device_put(value, getattr(rollout, name).sharding) for name, value in arrays.items()}
+    return Rollout(**placed, texts=texts)
+
+
+def _arrays(rollout: Rollout) -> dict:
+    return {
+        f: getattr(rollout, f)
+        for f in (
+            "tokens_bl",
+            "prompt_lens_b",
+            "completion_lens_b",
+            "finish_reason_b",
+            "completion_mask_bl",
+            "logp_sampling_bl",
+            "logp_policy_bl",
+        )
+    }
+
+
+_SAMPLERS: dict = {}
+
+
+def generate(
+    graphdef,
+    state,
+    prompt_tokens_bp,
+    prompt_lens_b,
+    sampling: SamplingParams,
+    rng,
+    *,
+    mesh: Mesh | None = None,
+    tokenizer=None,
+) -> Rollout:
+    """The rollout interface shared by the trainer and the evals (docs/contracts.md § Rollout).
+
+    Keeps one `Sampler` per (graphdef, mesh, pad id), so repeated calls reuse compiled programs.
+    """
+    pad_id = 0 if tokenizer is None or tokenizer.pad_id is None else int(tokenizer.pad_id)
+    key = (graphdef, mesh, pad_id)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = Sampler(graphdef, mesh=mesh, pad_id=pad_id)
+    return _SAMPLERS[key].generate(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer=tokenizer)
