@@ -59,10 +59,8 @@ class GRPOConfig:
     """Added to the std in eq. 3 (tied groups are zeroed exactly, independent of this)."""
 
     router_bias_rate: float = 1e-3
-    """γ: step size of the MoE aux-loss-free router-bias update (DeepSeek-V3); 0 = off."""
-
-    aux_loss_coef: float = 0.0
-    """α: weight of the MoE sequence-wise balance loss added to the GRPO loss; 0 = off."""
+    """γ: step size of the MoE aux-loss-free router-bias update (DeepSeek-V3); 0 = off. (The optional
+    sequence-wise balance loss enters the GRPO loss with its α from ModelConfig.seq_aux_alpha.)"""
 
     def __post_init__(self):
         if self.loss_agg not in LOSS_AGGS:
