@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rollout_reference import reference_probs
 
 from r1jax.rollout import sampling
 from r1jax.rollout.types import SamplingParams
@@ -14,25 +15,6 @@ PROBS = np.array([0.30, 0.22, 0.18, 0.12, 0.08, 0.05, 0.03, 0.02])
 LOGITS = np.log(PROBS) + 1.7  # an offset: logits are not normalised
 N_DRAWS = 40_000
 SAMPLE_JIT = jax.jit(sampling.sample_tokens, static_argnames=("top_k", "top_p_active"))
-
-
-def reference_probs(logits, temperature, top_p=1.0, top_k=0):
-    """float64, written from the definition (sort, cut, renormalise), independent of sampling.py."""
-    z = np.asarray(logits, np.float64) / temperature
-    order = np.argsort(-z, kind="stable")
-    keep = np.zeros(z.shape, bool)
-    k = len(z) if top_k == 0 else top_k
-    kept = order[:k]
-    p = np.exp(z[kept] - z[kept].max())
-    p /= p.sum()
-    mass = 0.0
-    for tok, pt in zip(kept, p):
-        if mass >= top_p:
-            break
-        keep[tok] = True
-        mass += pt
-    out = np.where(keep, np.exp(z - z.max()), 0.0)
-    return out / out.sum()
 
 
 def chi2_critical(df, z=4.26):

@@ -1,0 +1,29 @@
+"""Weight sync for a sampler on its own mesh: reshard the trainer's parameters device to device.
+
+The trainer's state lives on the training mesh (e.g. fsdp=8); a sampler may want another layout
+(e.g. data=2 x tensor=4, so decode steps shard heads instead of gathering FSDP shards every step) or
+other devices. `reshard` computes the sampler's shardings from the same logical axes and rules
+table the model was created with and moves every variable with `jax.device_put`, which XLA executes
+as shard-to-shard transfers: no device, and not the host, ever holds a full copy of a sharded weight.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh
+
+from r1jax.model.api import state_shardings
+from r1jax.parallel.rules import DEFAULT_RULES, Rules
+
+
+def sampler_shardings(state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """The shardings the sampler on `mesh` expects for a model state (abstract or concrete)."""
+    return state_shardings(state, mesh, rules)
+
+
+def reshard(state, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, donate: bool = False):
+    """Model state (nnx.State of the trainer) -> the same values laid out for the sampler's mesh.
+
+    donate=True frees the source buffers (when the trainer's copy is no longer needed, e.g. a
+    colocated sampler that takes over the devices)."""
+    return jax.device_put(state, sampler_shardings(state, mesh, rules), donate=donate)
