@@ -37,16 +37,25 @@ def draw():
         if key not in cache:
             logits = jnp.broadcast_to(jnp.asarray(LOGITS, jnp.float32), (N_DRAWS, len(LOGITS)))
             cache[key] = jax.device_get(
-                SAMPLE_JIT(jax.random.key(seed), logits, temperature, top_p, top_k=top_k,
-                           top_p_active=top_p < 1.0)
+                SAMPLE_JIT(
+                    jax.random.key(seed), logits, temperature, top_p, top_k=top_k, top_p_active=top_p < 1.0
+                )
             )
         return cache[key]
 
     return _draw
 
 
-SETTINGS = [(1.0, 1.0, 0), (0.6, 1.0, 0), (1.3, 1.0, 0), (1.0, 0.7, 0), (0.6, 0.95, 0), (1.0, 1.0, 3),
-            (0.8, 0.8, 5), (1.5, 0.5, 4)]
+SETTINGS = [
+    (1.0, 1.0, 0),
+    (0.6, 1.0, 0),
+    (1.3, 1.0, 0),
+    (1.0, 0.7, 0),
+    (0.6, 0.95, 0),
+    (1.0, 1.0, 3),
+    (0.8, 0.8, 5),
+    (1.5, 0.5, 4),
+]
 
 
 @pytest.mark.parametrize("temperature,top_p,top_k", SETTINGS)

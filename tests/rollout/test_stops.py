@@ -20,8 +20,30 @@ ADVANCE = jax.jit(stops.advance)
 class PieceTokenizer:
     """Token i decodes to PIECES[i], context-free: the reference is plain string search."""
 
-    PIECES = ["<", "/", "ans", "wer", ">", "</", "answer", "</answer>", "r>\n", "a", "b", " ", "\n", "User",
-              ":", "#", "##", "x#", "</ans", "wer>x", "\n\n", "<pad>"]
+    PIECES = [
+        "<",
+        "/",
+        "ans",
+        "wer",
+        ">",
+        "</",
+        "answer",
+        "</answer>",
+        "r>\n",
+        "a",
+        "b",
+        " ",
+        "\n",
+        "User",
+        ":",
+        "#",
+        "##",
+        "x#",
+        "</ans",
+        "wer>x",
+        "\n\n",
+        "<pad>",
+    ]
     vocab_size = len(PIECES)
     bos_id, eos_id, pad_id = None, 21, 21
 
@@ -37,8 +59,11 @@ def hf_tok():
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([templates.R1_ZERO, "<answer> 42 </answer>\n\nUser: ## x"] * 10, trainer)
     return HFTokenizer(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
@@ -70,8 +95,26 @@ def first_hit_device(tables, ids):
 def random_streams(tokenizer, n, rng):
     """Token streams from random chunks, each encoded separately, so a stop string is split across
     tokens in many ways (and sometimes sits inside a longer token)."""
-    chunks = ["</", "ans", "wer", ">", "</answer>", "answer>", "<answer>", "\n", "\n\n", "User", ":", " ",
-              "#", "##", "x", "42", "the", " think"]
+    chunks = [
+        "</",
+        "ans",
+        "wer",
+        ">",
+        "</answer>",
+        "answer>",
+        "<answer>",
+        "\n",
+        "\n\n",
+        "User",
+        ":",
+        " ",
+        "#",
+        "##",
+        "x",
+        "42",
+        "the",
+        " think",
+    ]
     out = []
     for _ in range(n):
         ids = []
@@ -90,7 +133,7 @@ def test_aho_corasick_brute_force():
         state = 0
         for t, a in enumerate(text):
             state = delta[state, a]
-            ends = any(tuple(text[max(0, t + 1 - len(p)): t + 1]) == p for p in patterns)
+            ends = any(tuple(text[max(0, t + 1 - len(p)) : t + 1]) == p for p in patterns)
             assert bool(accept[state]) == ends, (text, t)
 
 
@@ -129,8 +172,16 @@ def test_stop_ids_and_sequences():
     rng = np.random.default_rng(3)
     for _ in range(200):
         ids = [int(i) for i in rng.integers(0, vocab, 12)]
-        ref = next((t for t in range(len(ids)) if ids[t] == 9 or ids[max(0, t - 2): t + 1] == [1, 2, 3]
-                    or ids[max(0, t - 1): t + 1] == [2, 2]), None)
+        ref = next(
+            (
+                t
+                for t in range(len(ids))
+                if ids[t] == 9
+                or ids[max(0, t - 2) : t + 1] == [1, 2, 3]
+                or ids[max(0, t - 1) : t + 1] == [2, 2]
+            ),
+            None,
+        )
         assert first_hit_device(tables, ids) == ref, ids
 
 
