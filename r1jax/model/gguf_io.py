@@ -7,7 +7,7 @@ there is one HF -> r1jax mapping and GGUF is only a different way to read the by
     ckpt = GGUFCheckpoint(path)              # metadata parsed, tensors memory-mapped, nothing dequantised
     ckpt.hf_config                           # {"model_type": "llama", "hidden_size": 576, ...}
     ckpt.chat_template                       # tokenizer.chat_template, or None
-    cfg, model = load_gguf(path, mesh)       # -> hf_io.load_source(...)
+    cfg, graphdef, state = load_gguf(path, mesh)   # -> hf_io.load_source(...)
 
 Quantised tensors are dequantised with the `gguf` package, one tensor at a time, when the sharded
 array for it is built.
@@ -261,10 +261,12 @@ class GGUFCheckpoint:
         }
 
 
-def load_gguf(path: str | os.PathLike, mesh=None, *, dtype=None, rng_seed: int = 0):
-    """(ModelConfig, Transformer) from a llama/qwen2 GGUF, parameters placed sharded on `mesh`."""
+def load_gguf(path: str | os.PathLike, mesh=None, *, dtype: str | None = None, param_dtype: str | None = None,
+              rng_seed: int = 0):
+    """(cfg, graphdef, state) from a llama/qwen2 GGUF, parameters placed sharded on `mesh`."""
     from r1jax.model import hf_io
 
     ckpt = GGUFCheckpoint(path)
-    cfg = hf_io.config_from_hf(ckpt.hf_config, dtype=dtype)
-    return cfg, hf_io.load_source(cfg, ckpt, mesh, rng_seed=rng_seed)
+    cfg = hf_io.config_from_hf(ckpt.hf_config, dtype=dtype, param_dtype=param_dtype)
+    graphdef, state = hf_io.load_source(cfg, ckpt, mesh, rng_seed=rng_seed, where=ckpt.path)
+    return cfg, graphdef, state
