@@ -1,12 +1,12 @@
 """Every generated ground truth scores 1.0 with the real reward server's verifiers, and a corrupted
 answer scores 0 (docs/contracts.md § Reward), for each procedural task and difficulty and for the
-bundled GSM8K problems."""
+bundled GSM8K problems and the reasoning-gym adapter."""
 
 import fractions
 
 import pytest
 
-from r1jax.data import procedural, readers, templates
+from r1jax.data import procedural, readers, sources, templates
 
 reward = pytest.importorskip("r1jax.reward", reason="r1jax.reward not available yet")
 
@@ -25,6 +25,8 @@ def _examples():
         for difficulty in (1, 2, 4):
             cfg = procedural.ProceduralConfig(task, N, difficulty=difficulty)
             out += [procedural.generate(cfg, i) for i in range(N)]
+    for name in sources.RG_TASKS:  # reasoning-gym items, graded 0/1 by our verifiers
+        out += sources.reasoning_gym_examples(name, 6, seed=0)
     return out + readers.gsm8k_test100()[:20]
 
 
@@ -36,7 +38,13 @@ def _solution(ex) -> str:
 def _corrupt(ex) -> str:
     if ex["task"] == "countdown":
         return f"{ex['meta']['solution']} + 1"  # off by one, and 1 is not an unused number
-    return str(fractions.Fraction(ex["answer"]) + 1)
+    try:
+        gold = fractions.Fraction(ex["answer"])
+    except ValueError:  # LaTeX answers (reasoning-gym's fraction_simplification: $\\dfrac{a}{b}$)
+        return "9999991"
+    # Off by one; for large answers off by a factor (an off-by-one there is the known verifier
+    # tolerance issue pinned in test_large_integer_off_by_one_is_wrong).
+    return str(gold + 1 if abs(gold) < 10**5 else 2 * gold + 1)
 
 
 def _completion(template: str, answer: str) -> str:
@@ -64,3 +72,11 @@ def test_ground_truth_scores_one_and_corruption_zero(client, template):
         right, wrong = 2 * k, 2 * k + 1
         assert result.rewards[right] == 1.0, (ex["id"], items[right]["completion"], result.details[right])
         assert result.rewards[wrong] == 0.0, (ex["id"], items[wrong]["completion"], result.details[wrong])
+
+
+@pytest.mark.xfail(strict=True, reason="reward math verifier compares with REL_TOL=1e-6 also between "
+                   "integers, so 106475279602 passes for 106475279601; reported to the lead")
+def test_large_integer_off_by_one_is_wrong(client):
+    item = {"completion": templates.format_r1_zero_response("sum", "106475279602"), "task": "math",
+            "answer": "106475279601", "meta": {}, "template": "r1_zero", "weights": {"accuracy": 1.0}}
+    assert client.score([item]).rewards[0] == 0.0
