@@ -147,8 +147,6 @@ def test_logprobs_equal_full_forward(sampled, forward):
         f"sampling max {diff_sampling.max():.2e} mean {diff_sampling.mean():.2e}"
     )
     assert diff_policy.max() < 1e-4 and diff_sampling.max() < 1e-4
-    # truncation to the nucleus only adds probability to the tokens it keeps
-    assert np.all(sampled.logp_sampling_bl[mask] >= sampled.logp_policy_bl[mask] - 1e-4)
 
 
 def test_deterministic_per_rng_and_g_samples_differ(model, sampler, tok, sampled):
