@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -81,9 +82,16 @@ class SamplingParams:
         return self.temperature == 0
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["tokens_bl", "prompt_lens_b", "completion_lens_b", "finish_reason_b", "completion_mask_bl",
+                 "logp_sampling_bl", "logp_policy_bl"],
+    meta_fields=["texts"],
+)
 @dataclasses.dataclass(frozen=True)
 class Rollout:
     """G completions per prompt, row = prompt_index * G + g; arrays stay on device (sharded over batch).
+    A pytree (texts as metadata), so jax.device_get / block_until_ready work on it directly.
 
     tokens_bl is exactly the training input of the GRPO step: prompt at [0, len_p), completion at
     [len_p, len_p + len_c), pad after. The log-prob arrays are aligned with it: entry t is
