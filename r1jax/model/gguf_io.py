@@ -238,9 +238,12 @@ class GGUFCheckpoint:
             raise ValueError(f"{self.path}: {a}.attention.value_length differs from key_length; unsupported")
         if f"{a}.rope.dimension_count" in md and int(md[f"{a}.rope.dimension_count"]) != head_dim:
             raise ValueError(f"{self.path}: {a}.rope.dimension_count != head_dim (partial RoPE): unsupported")
-        vocab = md.get(f"{a}.vocab_size")
-        if vocab is None:
-            vocab = len(need("tokenizer.ggml.tokens"))
+        if "model.embed_tokens.weight" not in self._tensors:
+            raise ValueError(f"{self.path}: tensor 'token_embd.weight' is missing")
+        vocab = self._tensors["model.embed_tokens.weight"].shape[0]
+        if int(md.get(f"{a}.vocab_size", vocab)) != vocab:
+            raise ValueError(f"{self.path}: {a}.vocab_size={md[f'{a}.vocab_size']} but token_embd.weight "
+                             f"has {vocab} rows")
         return {
             "model_type": a,
             "vocab_size": int(vocab),

@@ -214,10 +214,10 @@ def test_extra_tensor_is_named(qwen_copy):
 
 def test_misshaped_tensor_is_named_with_expected_shape(qwen_copy):
     def shrink(t):
-        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:16]
+        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:8]
     _edit_tensors(qwen_copy, shrink)
     with pytest.raises(hf_io.CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape "
-                       r"\(16, 32\), expected \(32, 32\)"):
+                       r"\(8, 32\), expected \(16, 32\)"):
         hf_io.load_hf(qwen_copy)
 
 
