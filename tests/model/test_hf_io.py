@@ -131,7 +131,8 @@ def test_router_chooses_the_same_experts(hf_dirs, loaded):
     model = nnx.merge(graphdef, state)
     moe_layers = [layer.mlp for layer in model.layers if layer.is_moe]
     for row, ((x_nd, hf_idx_nk), moe) in enumerate(zip(routed, moe_layers)):
-        _, idx_nk, _ = route(jnp.asarray(x_nd), moe.gate.kernel[...], moe.gate.e_score_correction_bias[...], cfg)
+        bias_e = moe.gate.e_score_correction_bias[...]
+        _, idx_nk, _ = route(jnp.asarray(x_nd), moe.gate.kernel[...], bias_e, cfg)
         np.testing.assert_array_equal(np.sort(np.asarray(idx_nk), -1), np.sort(hf_idx_nk, -1))
         # and inside the full forward: the model's observed expert load is HF's choice histogram
         counts = np.bincount(hf_idx_nk.reshape(-1), minlength=cfg.n_routed_experts)
@@ -173,7 +174,8 @@ def test_sharded_import_matches(hf_dirs, loaded):
             assert w.addressable_shards[0].data.shape[0] == cfg.n_routed_experts // 2  # experts split
         with jax.set_mesh(mesh):
             logits, load = _forward(graphdef, state, jnp.asarray(TOKENS_BT), _positions())
-        np.testing.assert_allclose(np.asarray(logits), loaded[arch][3], atol=2e-5 * np.abs(loaded[arch][3]).max())
+        ref = loaded[arch][3]
+        np.testing.assert_allclose(np.asarray(logits), ref, atol=2e-5 * np.abs(ref).max())
         np.testing.assert_allclose(np.asarray(load), loaded[arch][4], atol=1e-7)
 
 
@@ -201,14 +203,15 @@ def _edit_config(path, **changes):
 
 def test_missing_tensor_is_named_with_its_shape(qwen_copy):
     _edit_tensors(qwen_copy, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(hf_io.CheckpointError, match=r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight' "
-                       r"\(expected shape \(48, 32\)\)"):
+    msg = r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight' \(expected shape \(48, 32\)\)"
+    with pytest.raises(hf_io.CheckpointError, match=msg):
         hf_io.load_hf(qwen_copy)
 
 
 def test_extra_tensor_is_named(qwen_copy):
-    _edit_tensors(qwen_copy, lambda t: t.update({"model.layers.0.mlp.extra.weight": np.zeros((2, 2), np.float32)}))
-    with pytest.raises(hf_io.CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.extra\.weight'"):
+    extra = {"model.layers.0.mlp.extra.weight": np.zeros((2, 2), np.float32)}
+    _edit_tensors(qwen_copy, lambda t: t.update(extra))
+    with pytest.raises(hf_io.CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.mlp\.extra"):
         hf_io.load_hf(qwen_copy)
 
 
@@ -216,8 +219,8 @@ def test_misshaped_tensor_is_named_with_expected_shape(qwen_copy):
     def shrink(t):
         t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:8]
     _edit_tensors(qwen_copy, shrink)
-    with pytest.raises(hf_io.CheckpointError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape "
-                       r"\(8, 32\), expected \(16, 32\)"):
+    msg = r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \(8, 32\), expected \(16, 32\)"
+    with pytest.raises(hf_io.CheckpointError, match=msg):
         hf_io.load_hf(qwen_copy)
 
 
