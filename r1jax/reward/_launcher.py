@@ -129,8 +129,10 @@ def _run_untrusted(cfg, source, workdir, stdin_path):
 
 def main():
     cfg = json.loads(sys.argv[1])
-    payload = json.loads(sys.stdin.read())
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != cfg["parent_pid"]:  # the worker died before the line above: nobody will kill us
+        os._exit(EXIT_SETUP_FAILED)
+    payload = json.loads(sys.stdin.read())
     if cfg["namespaces"]:
         if _libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
@@ -173,6 +175,10 @@ def main():
         sys.stdout.flush()
         os._exit(0)
     del source
+    # Backstop for the parent's wall clock: if the worker is gone (and with it the deadline), pid 1
+    # still ends the namespace shortly after the wall limit.
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(128 + signal.SIGALRM))
+    signal.alarm(int(cfg["wall_s"]) + 3)
     while True:  # as pid 1, reap everything; stop when the program itself has exited
         pid, status = os.wait()
         if pid == pid_b:

@@ -114,7 +114,14 @@ def _failure_status(r: sandbox.RunResult) -> str:
         if sig in (_signal.SIGXFSZ, _signal.SIGSEGV, _signal.SIGBUS):
             return RESOURCE_LIMIT
         return RUNTIME_ERROR
-    if r.exit_code == sandbox.EXIT_MEMORY or "MemoryError" in r.stderr[-2000:]:
+    tail = r.stderr[-2000:]
+    # Python ignores SIGXFSZ, so RLIMIT_FSIZE surfaces as EFBIG (27); a full private tmpfs as ENOSPC (28)
+    if (
+        r.exit_code == sandbox.EXIT_MEMORY
+        or "MemoryError" in tail
+        or "[Errno 27]" in tail
+        or "[Errno 28]" in tail
+    ):
         return RESOURCE_LIMIT
     return RUNTIME_ERROR
 

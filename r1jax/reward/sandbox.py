@@ -79,6 +79,7 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
         if limits.uid is not None:
             os.chown(workdir, limits.uid, limits.uid)
     cfg["workdir"] = workdir
+    cfg["parent_pid"] = os.getpid()
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     t0 = time.monotonic()
     proc = subprocess.Popen(

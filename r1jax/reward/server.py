@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -67,6 +69,7 @@ class RewardServer(ThreadingHTTPServer):
             "latency_s": _percentiles(list(p.latencies_s)),
             "respawns": p.respawns,
             "worker_pids": p.worker_pids(),
+            "server_pid": os.getpid(),
             "uptime_s": time.monotonic() - self.t_start,
         }
 
@@ -177,6 +180,10 @@ def build_server(host: str, port: int, cfg: PoolConfig, require_sandbox: bool = 
     return RewardServer((host, port), WorkerPool(cfg), report)
 
 
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="r1jax reward server (math, countdown, code sandbox, format, language)"
@@ -205,6 +212,7 @@ def main(argv=None):
         plugins=tuple(args.plugin),
     )
     server = build_server(args.host, args.port, cfg, args.require_sandbox)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # shut down cleanly: workers and their sandboxes
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
