@@ -335,12 +335,14 @@ class Sampler:
                 out = program(*args)
         rollout = Rollout(**out)
         if tokenizer is not None:
-            rollout = _decode_texts(rollout, tokenizer, sampling.stop_strings, self.pad_id)
+            rollout = _decode_texts(rollout, tokenizer, sampling, self.pad_id)
         return rollout
 
 
-def _decode_texts(rollout: Rollout, tokenizer, stop_strings, pad_id: int) -> Rollout:
-    """Decodes the completions, cutting each text right after its first stop string.
+def _decode_texts(rollout: Rollout, tokenizer, sampling: SamplingParams, pad_id: int) -> Rollout:
+    """Decodes the completions, cutting each text right after its first stop string. A final stop
+    token id (EOS, <|im_end|>) is left out of the text (it stays in the tokens); the text of a stop
+    string or stop token sequence is kept.
 
     The device automata find every ASCII stop string exactly; if the host text shows one the device
     missed (a non-ASCII string across partial UTF-8 tokens), the row's tokens are cut at the first
@@ -349,10 +351,12 @@ def _decode_texts(rollout: Rollout, tokenizer, stop_strings, pad_id: int) -> Rol
     tokens, plens, clens, finish = jax.device_get(
         (rollout.tokens_bl, rollout.prompt_lens_b, rollout.completion_lens_b, rollout.finish_reason_b)
     )
+    stop_strings, stop_ids = sampling.stop_strings, set(sampling.stop_token_ids)
     texts, cut_rows = [], {}
     for row in range(tokens.shape[0]):
         comp = tokens[row, plens[row] : plens[row] + clens[row]].tolist()
-        text = tokenizer.decode(comp)
+        ends_with_stop_id = finish[row] == FINISH_STOP and comp[-1] in stop_ids
+        text = tokenizer.decode(comp[:-1] if ends_with_stop_id else comp)
         end = stops.find_stop_string(text, stop_strings)
         if end is not None:
             earlier = stops.find_stop_string(tokenizer.decode(comp[:-1]), stop_strings) is not None
@@ -369,7 +373,7 @@ def _decode_texts(rollout: Rollout, tokenizer, stop_strings, pad_id: int) -> Rol
         texts.append(text)
     if not cut_rows:
         return Rollout(**{**_arrays(rollout), "texts": texts})
-    arrays = jax.device_get(_arrays(rollout))
+    arrays = {name: np.array(value) for name, value in jax.device_get(_arrays(rollout)).items()}  # writable
     for row, k in cut_rows.items():
         start = plens[row]
         arrays["tokens_bl"][row, start + k :] = pad_id
@@ -377,7 +381,10 @@ def _decode_texts(rollout: Rollout, tokenizer, stop_strings, pad_id: int) -> Rol
             arrays[name][row, start + k :] = 0.0
         arrays["completion_lens_b"][row] = k
         arrays["finish_reason_b"][row] = FINISH_STOP
-    placed = {name: jax.device_put(value, getattr(rollout, name).sharding) for name, value in arrays.items()}
+    placed = {
+        name: jax.device_put(value, getattr(getattr(rollout, name), "sharding", None))
+        for name, value in arrays.items()
+    }
     return Rollout(**placed, texts=texts)
 
 

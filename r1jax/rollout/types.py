@@ -105,7 +105,8 @@ class Rollout:
     completion_mask_bl: jax.Array  # float32 [B*G, L]: 1 on completion tokens
     logp_sampling_bl: jax.Array  # float32 [B*G, L]: under the sampling distribution (after T/top-k/top-p)
     logp_policy_bl: jax.Array  # float32 [B*G, L]: under the unmodified policy (T=1, no truncation)
-    texts: list[str] | None = None  # decoded completions, cut right after the first stop string
+    texts: list[str] | None = None
+    # decoded completions: cut right after the first stop string; a final stop token id (EOS) is not decoded
 
     @property
     def num_rows(self) -> int:

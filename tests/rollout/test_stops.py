@@ -206,3 +206,43 @@ def test_find_stop_string():
     assert stops.find_stop_string("a ## b </answer> c", STOP_STRINGS) == 4
     assert stops.find_stop_string("abc", STOP_STRINGS) is None
     assert stops.find_stop_string("x</answer>", STOP_STRINGS) == 10
+
+
+class ByteTokenizer:
+    """Byte-level pieces: 'é' (c3 a9) split over two tokens decodes to U+FFFD token by token."""
+
+    PIECES = [b"<pad>", b"<eos>", b"a", b"b", b"\xc3", b"\xa9", b"x"]
+    vocab_size, bos_id, eos_id, pad_id = len(PIECES), None, 1, 0
+
+    def encode(self, text):
+        return [self.PIECES.index(bytes([c])) for c in text.encode()]
+
+    def decode(self, ids):
+        return b"".join(self.PIECES[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def test_host_side_check_cuts_what_the_device_missed():
+    """A non-ASCII stop string across partial UTF-8 tokens: the device automaton cannot see it, the
+    host text check cuts tokens, mask, log-probs and texts at the first token that completes it."""
+    from r1jax.rollout.sampler import _decode_texts
+    from r1jax.rollout.types import FINISH_LENGTH, FINISH_STOP, Rollout
+
+    tok = ByteTokenizer()
+    sampling = SamplingParams(stop_strings=("é",), stop_token_ids=(1,))
+    tables = stops.build_tables(sampling, tok.vocab_size, tok)
+    completions = [[2, 4, 5, 3, 3], [2, 3, 1, 0, 0], [6, 6, 6, 6, 6]]  # "aéb b", "ab<eos>", "xxxxx"
+    assert first_hit_device(tables, completions[0]) is None  # the device misses it (documented limit)
+    lens = [5, 3, 5]
+    tokens = np.array([[2] + c for c in completions], np.int32)
+    mask = np.array([[0] + [1.0 if j < n else 0.0 for j in range(5)] for n in lens], np.float32)
+    logp = -mask
+    r = Rollout(tokens, np.ones(3, np.int32), np.array(lens, np.int32),
+                np.array([FINISH_LENGTH, FINISH_STOP, FINISH_LENGTH], np.int32), mask, logp, logp)
+    out = jax.device_get(_decode_texts(r, tok, sampling, pad_id=0))
+    assert out.texts == ["aé", "ab", "xxxxx"]  # the EOS is not decoded into the text
+    np.testing.assert_array_equal(out.completion_lens_b, [3, 3, 5])
+    np.testing.assert_array_equal(out.finish_reason_b, [FINISH_STOP, FINISH_STOP, FINISH_LENGTH])
+    np.testing.assert_array_equal(out.tokens_bl[0], [2, 2, 4, 5, 0, 0])
+    np.testing.assert_array_equal(out.completion_mask_bl[0], [0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(out.logp_policy_bl[0], [0, -1, -1, -1, 0, 0])
+    np.testing.assert_array_equal(out.tokens_bl[1:], tokens[1:])
