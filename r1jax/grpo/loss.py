@@ -64,7 +64,12 @@ def per_token_terms(logp_bl, old_logp_bl, ref_logp_bl, adv_b, cfg: GRPOConfig):
 def grpo_loss(logp_bl, old_logp_bl, ref_logp_bl, adv_b, mask_bl, cfg: GRPOConfig, weights_bl=None):
     """Scalar loss and per-token terms. weights_bl defaults to loss_weights(mask_bl); micro-batches
     pass their slice of the full batch's weights."""
-    terms = per_token_terms(logp_bl, old_logp_bl, ref_logp_bl, adv_b, cfg)
+    # Inputs are zeroed outside the mask first: a masked token's garbage (inf/nan old log-probs, a nan
+    # advantage of a filtered row) would otherwise reach the gradient as 0 * nan = nan.
+    keep_bl = mask_bl > 0
+    old_logp_bl, ref_logp_bl = (jnp.where(keep_bl, x, 0.0) for x in (old_logp_bl, ref_logp_bl))
+    adv_b = jnp.where(keep_bl.any(-1), adv_b, 0.0)
+    logp_safe_bl = jnp.where(keep_bl, logp_bl, 0.0)
+    terms = per_token_terms(logp_safe_bl, old_logp_bl, ref_logp_bl, adv_b, cfg)
     w_bl = loss_weights(mask_bl, cfg) if weights_bl is None else weights_bl
-    # where(), not a product: a masked token's inf/nan (e.g. garbage old log-probs) must not leak
-    return jnp.sum(jnp.where(mask_bl > 0, w_bl * terms["loss"], 0.0)), terms
+    return jnp.sum(jnp.where(keep_bl, w_bl * terms["loss"], 0.0)), terms

@@ -102,8 +102,13 @@ def train_state_shardings(params, model_state, optimizer, mesh: Mesh, rules: Rul
     is_var = lambda x: isinstance(x, nnx.Variable)
     abstract_opt = jax.eval_shape(optimizer.init, params)
     replicated = NamedSharding(mesh, P())
-    # optax moments are Variables carrying their parameter's logical axes; counts are plain scalars
-    one = lambda x: state_shardings(nnx.State({"v": x}), mesh, rules)["v"] if is_var(x) else replicated
+    # optax moments are Variables carrying their parameter's logical axes; counts are plain scalars;
+    # frozen parameters' moments are Variables around an empty optax.MaskedNode (no shape, no arrays)
+    def one(x):
+        if is_var(x) and hasattr(x, "shape"):
+            return state_shardings(nnx.State({"v": x}), mesh, rules)["v"]
+        return replicated
+
     opt_sh = jax.tree.map(one, abstract_opt, is_leaf=is_var)
     return TrainState(
         params=state_shardings(params, mesh, rules),

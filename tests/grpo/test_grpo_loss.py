@@ -137,3 +137,19 @@ def test_truncated_completions_are_masked_out():
     want, _ = grpo_loss_np(logp, old, ref, adv, m, "token_mean", 0.2, 0.28, 0.0)
     got, _ = grpo_loss(*(jnp.asarray(x, jnp.float32) for x in (logp, old, ref, adv, m)), cfg)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_garbage_outside_the_mask_does_not_leak():
+    logp, old, ref, adv, mask = _random_inputs(11)
+    old_bad, ref_bad, adv_bad = old.copy(), ref.copy(), adv.copy()
+    old_bad[mask == 0] = np.inf
+    ref_bad[mask == 0] = np.nan
+    adv_bad[2] = np.nan  # row 2 has no loss tokens
+    cfg = GRPOConfig(beta=0.1)
+    f = lambda lp, o, r, a: grpo_loss(lp, o, r, a, jnp.asarray(mask, jnp.float32), cfg)[0]
+    args = lambda o, r, a: tuple(jnp.asarray(x, jnp.float32) for x in (logp, o, r, a))
+    loss_bad, g_bad = jax.value_and_grad(f)(*args(old_bad, ref_bad, adv_bad))
+    loss, g = jax.value_and_grad(f)(*args(old, ref, adv))
+    assert np.isfinite(float(loss_bad)) and np.isfinite(np.asarray(g_bad)).all()
+    np.testing.assert_array_equal(np.asarray(g_bad), np.asarray(g))
+    assert float(loss_bad) == float(loss)

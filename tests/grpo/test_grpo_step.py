@@ -118,9 +118,11 @@ def test_nonfinite_loss_stops_with_step_number_and_keeps_state(single, batch):
     ts = jax.tree.map(jnp.copy, ts)
     before = _np_params(ts)
     adv = np.array(batch.advantages_b)
-    adv[5] = np.nan  # a device-side NaN the host validation cannot see
+    in_loss_b = (batch.completion_mask_bl.sum(-1) > 0) & (batch.truncated_b == 0)
+    adv[np.flatnonzero(in_loss_b)[-1]] = np.nan  # a device-side NaN the host validation cannot see
     bad = dataclasses.replace(batch, advantages_b=jnp.asarray(adv))
     ts, m = update(ts, shard_batch(bad, single_device_mesh()))
+    assert float(m["skipped_nonfinite"]) == 1.0
     with pytest.raises(FloatingPointError, match="step 7: loss is nan"):
         check_finite(m, step=7)
     assert float(m["skipped_nonfinite"]) == 1.0
