@@ -100,12 +100,12 @@ class MLAttention(nnx.Module):
             self.q_a_proj = Linear(cfg.d_model, cfg.q_lora_rank, ("embed", "q_lora"), cfg, bias=cfg.qkv_bias,
                                    rngs=rngs)
             self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg, eps=LORA_NORM_EPS)
-            self.q_b_proj = Linear(cfg.q_lora_rank, h * qk, ("q_lora", "heads"), cfg, rngs=rngs)
+            self.q_b_proj = Linear(cfg.q_lora_rank, h * qk, ("latent", "heads"), cfg, rngs=rngs)
         self.kv_a_proj_with_mqa = Linear(cfg.d_model, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
                                          ("embed", "kv_lora"), cfg, bias=cfg.qkv_bias, rngs=rngs)
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, cfg, eps=LORA_NORM_EPS)
         self.kv_b_proj = Linear(cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                                ("kv_lora", "heads"), cfg, rngs=rngs)
+                                ("latent", "heads"), cfg, rngs=rngs)
         self.o_proj = Linear(h * cfg.v_head_dim, cfg.d_model, ("heads", "embed"), cfg, bias=cfg.o_bias,
                              rngs=rngs)
 

@@ -29,6 +29,7 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("q_lora", None),
     ("kv_lora", None),
+    ("latent", "fsdp"),  # input dim of the MLA up-projections (q_b, kv_b): FSDP splits it like embed
     ("mlp", "tensor"),
     ("exp", "expert"),
     ("layers", None),
