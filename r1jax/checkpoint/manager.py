@@ -49,8 +49,12 @@ class CheckpointManager:
         the caller may donate or overwrite train_state right away. False if a step was skipped."""
         data_state = {} if data_state is None else data_state
         if not isinstance(data_state, dict):
-            raise TypeError(f"CheckpointManager.save: data_state must be a JSON-able dict, got {type(data_state)}")
-        args = ocp.args.Composite(state=ocp.args.StandardSave(train_state), data=ocp.args.JsonSave(data_state))
+            raise TypeError(
+                f"CheckpointManager.save: data_state must be a JSON-able dict, got {type(data_state)}"
+            )
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(train_state), data=ocp.args.JsonSave(data_state)
+        )
         return self._mgr.save(int(step), args=args, force=force)
 
     def latest_step(self) -> int | None:
@@ -69,7 +73,9 @@ class CheckpointManager:
             raise FileNotFoundError(
                 f"CheckpointManager: step {step} not in {self.directory} (have {self.all_steps()})"
             )
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_train_state), data=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_train_state), data=ocp.args.JsonRestore()
+        )
         out = self._mgr.restore(step, args=args)
         return out.state, dict(out.data or {})
 
