@@ -29,12 +29,14 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -393,12 +395,68 @@ def load_source(cfg: ModelConfig, source: TensorSource, mesh=None, *, rng_seed: 
 # ============================================================================ safetensors directories
 
 
+# safetensors dtype names <-> numpy dtypes. Read and written here (not with safetensors.numpy, which
+# has no bfloat16) so bf16/fp8 checkpoints load through ml_dtypes, memory-mapped, one slice at a time.
+_ST_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def _safetensors_index(path: str) -> dict[str, tuple[np.dtype, tuple[int, ...], int]]:
+    """name -> (dtype, shape, absolute byte offset) from a .safetensors header."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from e
+    size = os.path.getsize(path)
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
+        dtype, shape = _ST_DTYPES[meta["dtype"]], tuple(meta["shape"])
+        start, end = (8 + n + o for o in meta["data_offsets"])
+        if end - start != math.prod(shape) * dtype.itemsize or end > size:
+            raise CheckpointError(f"{path}: tensor {name!r} {shape} {meta['dtype']}: byte range "
+                                  f"{meta['data_offsets']} does not match its shape or the file size")
+        out[name] = (dtype, shape, start)
+    return out
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
+    """Writes numpy arrays (bfloat16 included) as one .safetensors file, tensors sorted by name."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype not in _ST_NAMES:
+            raise ValueError(f"write_safetensors: tensor {name!r} has unsupported dtype {t.dtype}")
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name in sorted(tensors):
+            f.write(np.ascontiguousarray(tensors[name]).tobytes())
+
+
 class SafetensorsSource:
     """A directory of *.safetensors shards (with or without model.safetensors.index.json), memory-mapped."""
 
     def __init__(self, directory: str | os.PathLike):
-        from safetensors import safe_open
-
         self.directory = os.fspath(directory)
         index_path = os.path.join(self.directory, "model.safetensors.index.json")
         if os.path.isfile(index_path):
@@ -409,30 +467,29 @@ class SafetensorsSource:
             files = sorted(os.path.basename(p) for p in found)
         if not files:
             raise FileNotFoundError(f"{self.directory}: no *.safetensors files")
-        self._files, self._where = {}, {}
+        self._tensors: dict[str, tuple[str, np.dtype, tuple[int, ...], int]] = {}
         for fname in files:
             path = os.path.join(self.directory, fname)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{index_path} names {fname}, which does not exist")
-            handle = safe_open(path, framework="np")
-            self._files[fname] = handle
-            for name in handle.keys():
-                if name in self._where:
+            for name, (dtype, shape, start) in _safetensors_index(path).items():
+                if name in self._tensors:
                     raise CheckpointError(f"{self.directory}: tensor {name!r} is in both "
-                                          f"{self._where[name]} and {fname}")
-                self._where[name] = fname
+                                          f"{self._tensors[name][0]} and {fname}")
+                self._tensors[name] = (path, dtype, shape, start)
 
     def names(self) -> list[str]:
-        return sorted(self._where)
+        return sorted(self._tensors)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._files[self._where[name]].get_slice(name).get_shape())
+        return self._tensors[name][2]
 
     def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
-        sl = self._files[self._where[name]].get_slice(name)
-        if index is None or not len(self.shape(name)):
-            return sl[:]
-        return sl[index]
+        path, dtype, shape, start = self._tensors[name]
+        if not math.prod(shape):
+            return np.zeros(shape, dtype)
+        view = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
+        return np.array(view if index is None else view[index])  # copies only the slice asked for
 
 
 def load_hf(directory: str | os.PathLike, mesh=None, *, dtype: str | None = None,
@@ -476,8 +533,6 @@ def hf_tensors(cfg: ModelConfig, state) -> dict[str, np.ndarray]:
 
 def save_hf(directory: str | os.PathLike, cfg: ModelConfig, state, *, max_shard_bytes: int = 4 << 30) -> None:
     """Writes config.json and model(-0000i-of-0000n).safetensors (+ index json when sharded)."""
-    from safetensors.numpy import save_file
-
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     tensors = hf_tensors(cfg, state)
@@ -491,12 +546,12 @@ def save_hf(directory: str | os.PathLike, cfg: ModelConfig, state, *, max_shard_
         size += nbytes
     shards.append(current)
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(os.path.join(directory, "model.safetensors"), shards[0], {"format": "pt"})
     else:
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(directory, fname), metadata={"format": "pt"})
+            write_safetensors(os.path.join(directory, fname), shard, {"format": "pt"})
             weight_map.update(dict.fromkeys(shard, fname))
         total = sum(t.nbytes for t in tensors.values())
         with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:

@@ -160,6 +160,28 @@ def test_export_round_trips_and_transformers_loads_it(arch, hf_dirs, loaded, tmp
         np.testing.assert_array_equal(back(torch.tensor(TOKENS_BT)).logits.numpy(), hf_dirs[arch][1])
 
 
+def test_bf16_checkpoint_and_multi_file_export(tmp_path):
+    """bf16 tensors (no numpy dtype in safetensors.numpy) load bit-exactly and export in several
+    files with an index json that transformers reads."""
+    model = _hf_model("llama").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "src")
+    cfg, _, state = hf_io.load_hf(tmp_path / "src", param_dtype="bfloat16")
+    emb = dict(nnx.to_flat_state(state))[("embed_tokens", "embedding")].get_value()
+    assert emb.dtype == jnp.bfloat16
+    ref = model.model.embed_tokens.weight.detach().float().numpy()
+    np.testing.assert_array_equal(np.asarray(emb, np.float32), ref)
+    hf_io.save_hf(tmp_path / "out", cfg, state, max_shard_bytes=20_000)
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors.index.json")
+    assert len(list((tmp_path / "out").glob("model-*-of-*.safetensors"))) > 1
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    for (name, p), (name2, p2) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert name == name2 and p2.dtype == torch.bfloat16 and torch.equal(p, p2), name
+    cfg32, _, state32 = hf_io.load_hf(tmp_path / "out")  # and up-cast on import by default
+    emb32 = dict(nnx.to_flat_state(state32))[("embed_tokens", "embedding")].get_value()
+    assert cfg32.param_dtype == "float32" and emb32.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(emb32), np.asarray(emb, np.float32))
+
+
 def test_sharded_import_matches(hf_dirs, loaded):
     mesh = make_mesh(MeshConfig(data=2, fsdp=2, expert=2, tensor=1))
     for arch in ARCHS:
