@@ -115,7 +115,10 @@ def read_parquet(
 
     _check_on_error(on_error)
     stats = ReadStats(os.fspath(path))
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(path, None, f"not a readable Parquet file ({e})") from None
     wanted = [c for c in (fields.question, fields.answer, fields.tests) if c is not None]
     missing = [c for c in wanted if c not in table.column_names]
     if missing:  # a whole column missing is a config error, not a bad row

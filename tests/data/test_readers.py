@@ -97,6 +97,9 @@ def test_parquet(tmp_path):
     assert stats.skipped == 1
     with pytest.raises(DataError, match=r"aime.parquet:0: columns \['question'\] not in file"):
         readers.read_parquet(path, FieldMap(answer="Answer"))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="broken.parquet: not a readable Parquet file"):
+        readers.read_parquet(tmp_path / "broken.parquet")
     with pytest.raises(ValueError, match="unknown file type"):
         readers.read_file(tmp_path / "x.csv")
 
