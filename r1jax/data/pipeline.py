@@ -91,8 +91,12 @@ def make_prompt_dataset(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
 
+    # Every process tokenises all prompts, not just its shard: the kept set (and so the sharding)
+    # must be identical on every host.
     tokens, kept, errors = [], [], []
     for row, example in enumerate(examples):
+        if not isinstance(example.get("question"), str):
+            raise example_error(example, row, f"example {example.get('id')!r} has no text field 'question'")
         ids = encode_prompt(tokenizer, cfg.template, example, cfg.add_bos)
         if len(ids) > cfg.max_prompt_len:
             err = example_error(

@@ -119,6 +119,8 @@ def test_overlong_prompt_reported_with_file_and_row(tmp_path, tok, caplog):
     assert (stats.kept, stats.skipped_overlong) == (2, 1) and stats.errors[0].startswith(f"{path}:2:")
     assert sorted(i for b in ds for i in _ids(b)) == ["q-1", "q-3"]
     assert any("skipping over-long prompt" in r.message for r in caplog.records)
+    with pytest.raises(DataError, match="<examples>:1: example 'b' has no text field 'question'"):
+        make_prompt_dataset([{"id": "a", "question": "q"}, {"id": "b"}], tok, skip, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
