@@ -48,7 +48,7 @@ def test_mla_cache_model_greedy_equals_full_forward():
     lens = np.array([4, 2])
     max_new = 6
     sampling = SamplingParams(temperature=0.0, max_new_tokens=max_new, n=1)
-    r = jax.device_get(generate(graphdef, state, prompts, lens, sampling, jax.random.key(0)))  # the shared entry
+    r = jax.device_get(generate(graphdef, state, prompts, lens, sampling, jax.random.key(0)))
     np.testing.assert_array_equal(r.finish_reason_b, FINISH_LENGTH)
 
     @jax.jit
