@@ -20,6 +20,7 @@ import time
 from r1jax.reward import sandbox
 from r1jax.reward.types import INFRA_ERROR, STATUSES, TIMEOUT
 
+CHUNK = 16  # cheap items handed to a worker per message
 SANDBOX_UID_BASE = 100_000  # slot k runs programs as uid SANDBOX_UID_BASE + k (its own RLIMIT_NPROC count)
 
 
@@ -50,10 +51,14 @@ def _worker_main(conn, limits: sandbox.Limits, plugins: tuple[str, ...]):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     while True:
         try:
-            item = conn.recv()
+            items = conn.recv()
         except EOFError:
             return
-        conn.send(score_item(item, limits))
+        for item in items:  # one message per verdict, so the slot can time each item on its own
+            t0 = time.monotonic()
+            result = score_item(item, limits)
+            result["service_s"] = time.monotonic() - t0
+            conn.send(result)
 
 
 class _Job:
@@ -80,7 +85,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.counts = collections.Counter({s: 0 for s in STATUSES})
-        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # enqueue -> verdict
+        self.service_s: collections.deque[float] = collections.deque(maxlen=10_000)  # time in the worker
         self.respawns = 0
         self.busy = 0
         self._procs: list = [None] * cfg.workers
@@ -168,41 +174,76 @@ class WorkerPool:
             self._pending -= 1
             self.counts[result["status"]] += 1
             self.latencies_s.append(time.monotonic() - job.t_enqueue)
+            self.service_s.append(result.pop("service_s", time.monotonic() - job.t_enqueue))
         job.done.set()
+
+    def _take_chunk(self) -> list[_Job] | None:
+        """One job, plus more cheap (non-code) jobs already waiting: fewer wake-ups per item.
+        Code items go alone so that slow programs spread over all workers."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        chunk = [first]
+        while first.item["task"] != "code" and len(chunk) < CHUNK:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._queue.put(None)
+                break
+            chunk.append(job)
+            if job.item["task"] == "code":
+                break
+        return chunk
 
     def _slot(self, k: int):
         while not self._stop.is_set():
-            job = self._queue.get()
-            if job is None:
+            chunk = self._take_chunk()
+            if chunk is None:
                 return
             if self._procs[k] is None or not self._procs[k][0].is_alive():
                 self._kill(k)
                 self._spawn(k)
                 self.respawns += 1
-            p, conn = self._procs[k]
             with self._lock:
                 self.busy += 1
-            t0 = time.monotonic()
             try:
-                conn.send(job.item)
-                if conn.poll(job.deadline_s):
-                    result = conn.recv()
-                else:
-                    result = _failure(TIMEOUT, f"no verdict within {job.deadline_s:.1f}s; worker killed")
-                    self._kill(k)
-            except (EOFError, OSError, BrokenPipeError) as e:
-                # the worker died under us (kill -9, segfault in a C extension): a grader failure
-                result = _failure(
-                    INFRA_ERROR, f"worker died ({type(e).__name__}) after {time.monotonic() - t0:.2f}s"
-                )
-                self._kill(k)
+                self._run_chunk(k, chunk)
             finally:
                 with self._lock:
                     self.busy -= 1
-            self._finish(job, result)
             if self._procs[k] is None:
                 self._spawn(k)
                 self.respawns += 1
+
+    def _run_chunk(self, k: int, chunk: list[_Job]):
+        _, conn = self._procs[k]
+        done, t0 = 0, time.monotonic()
+        try:
+            conn.send([job.item for job in chunk])
+            for job in chunk:
+                t0 = time.monotonic()
+                # each item gets its full deadline, counted from the previous item's verdict
+                if not conn.poll(job.deadline_s):
+                    self._kill(k)
+                    self._finish(
+                        job, _failure(TIMEOUT, f"no verdict within {job.deadline_s:.1f}s; worker killed")
+                    )
+                    done += 1
+                    break
+                self._finish(job, conn.recv())
+                done += 1
+        except (EOFError, OSError) as e:
+            # the worker died under us (kill -9, a segfault in a C extension): a grader failure
+            self._kill(k)
+            self._finish(
+                chunk[done],
+                _failure(INFRA_ERROR, f"worker died ({type(e).__name__}) after {time.monotonic() - t0:.2f}s"),
+            )
+            done += 1
+        for job in chunk[done:]:  # not started when the worker was killed: back in the queue
+            self._queue.put(job)
 
 
 def _failure(status: str, detail: str) -> dict:

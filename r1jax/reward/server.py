@@ -67,6 +67,7 @@ class RewardServer(ThreadingHTTPServer):
             "busy_workers": p.busy,
             "counts": dict(p.counts),
             "latency_s": _percentiles(list(p.latencies_s)),
+            "service_s": _percentiles(list(p.service_s)),
             "respawns": p.respawns,
             "worker_pids": p.worker_pids(),
             "server_pid": os.getpid(),
