@@ -15,7 +15,8 @@ import r1jax.model as M
 from r1jax.model.moe import moe_expert_parallel, moe_ragged, route
 from r1jax.parallel.mesh import MeshConfig, make_mesh, single_device_mesh
 
-CFG = dataclasses.replace(M.get_variant("tiny_moe"), init_std=0.2)
+# one dense + one MoE layer keeps the 8-device compiles short; MTP adds nothing sharding-specific
+CFG = dataclasses.replace(M.get_variant("tiny_moe"), init_std=0.2, n_layers=2, n_mtp=0)
 LARGE = 256  # elements; norms and router biases are smaller and stay replicated
 
 
@@ -40,7 +41,7 @@ def test_every_large_parameter_is_sharded(sharded):
             assert not arr.sharding.is_fully_replicated, f"{path} {arr.shape} is replicated"
             local = arr.addressable_shards[0].data
             assert local.size < arr.size, f"{path}: a device holds the full {arr.shape}"
-    assert n_large > 20
+    assert n_large > 12
     experts = state["layers"][1]["mlp"]["w_gate"][...]
     assert experts.sharding.spec[0] == "expert"
 
@@ -69,8 +70,6 @@ def test_sharded_forward_equals_single_device(mesh, sharded):
     scale = float(np.abs(ref_logits).max())
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5 * scale)
     np.testing.assert_allclose(np.asarray(aux.expert_load_le), np.asarray(ref_aux.expert_load_le), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(aux.mtp_hidden_kbtd), np.asarray(ref_aux.mtp_hidden_kbtd),
-                               atol=1e-5 * float(np.abs(ref_aux.mtp_hidden_kbtd).max()))
 
 
 @pytest.mark.parametrize("n_tokens", [16, 6])  # 16: tokens split over the expert axis; 6: replicated there
