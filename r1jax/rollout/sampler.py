@@ -244,8 +244,10 @@ class Sampler:
             vocab_size,
             id(tokenizer) if sampling.stop_strings else None,
         )
-        if key not in self._tables:
-            self._tables[key] = (stops.build_tables(sampling, vocab_size, tokenizer), tokenizer)
+        if key not in self._tables:  # built once, kept on device (the tokenizer is kept alive for its id)
+            tables = stops.build_tables(sampling, vocab_size, tokenizer)
+            where = None if self.mesh is None else NamedSharding(self.mesh, P())
+            self._tables[key] = (jax.device_put(tables, where), tokenizer)
         return self._tables[key][0]
 
     def _program(self, state, b, p_bucket, m_bucket, cache_len, sampling: SamplingParams, table_shapes):
@@ -318,16 +320,22 @@ class Sampler:
 
         table_shapes = tuple(t.shape for t in tables)
         program = self._program(state, b, p_bucket, m_bucket, cache_len, sampling, table_shapes)
-        args = (
-            state,
+        # explicit transfers, so the sampler runs under the trainer's jax.transfer_guard("disallow")
+        host = (
             prompt_bp,
             lens_b.astype(np.int32),
             np.float32(sampling.temperature),
             np.float32(sampling.top_p),
             np.int32(sampling.max_new_tokens),
-            tables,
-            rng,
         )
+        if self.mesh is None:
+            host = jax.device_put(host)
+        else:
+            rep = NamedSharding(self.mesh, P())
+            by_row = lambda *shape: _rows_sharding(self.mesh, shape, self.rules)  # noqa: E731
+            host = jax.device_put(host, (by_row(*prompt_bp.shape), by_row(b), rep, rep, rep))
+            rng = jax.device_put(rng, rep)
+        args = (state, *host, tables, rng)
         if self.mesh is None:
             out = program(*args)
         else:
