@@ -8,7 +8,6 @@ on any overrun. Expected outputs never enter the child: callers compare in this 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import selectors
 import shutil
@@ -83,7 +82,7 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-I", *(() if limits.site_packages else ("-S",)), _LAUNCHER, json.dumps(cfg)],
+        [sys.executable, "-I", *(() if limits.site_packages else ("-S",)), _LAUNCHER, _format_config(cfg)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -93,9 +92,9 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
         close_fds=True,
     )
     try:
-        out, err, timed_out, exceeded = _communicate(
-            proc, json.dumps({"source": source, "stdin": stdin}), limits, t0
-        )
+        src_b, in_b = source.encode(), stdin.encode()
+        payload = f"{len(src_b)} {len(in_b)}\n".encode() + src_b + in_b
+        out, err, timed_out, exceeded = _communicate(proc, payload, limits, t0)
     finally:
         _kill_group(proc)
         if workdir is not None:
@@ -115,9 +114,16 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
     )
 
 
-def _communicate(proc, payload: str, limits: Limits, t0: float):
+def _format_config(cfg: dict) -> str:
+    """The launcher's argv: "key=value,..." (parsed without json to keep its start-up short)."""
+    for k, v in cfg.items():
+        if isinstance(v, str) and ("," in v or "=" in v):
+            raise ValueError(f"sandbox config {k}={v!r} may not contain ',' or '='")
+    return ",".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def _communicate(proc, data: bytes, limits: Limits, t0: float):
     """Writes the payload, reads both pipes until EOF, the byte cap or the deadline."""
-    data = payload.encode()
     try:
         proc.stdin.write(data)  # the launcher reads all stdin before running anything
         proc.stdin.close()

@@ -106,7 +106,7 @@ def test_bad_item_is_a_clear_error(client):
 
 
 def test_overload_answers_503_with_retry_after():
-    slow = code_item("import time\ntime.sleep(2)\nprint(1)", [("", "1")])
+    slow = code_item("import time\ntime.sleep(1)\nprint(1)", [("", "1")])
     with start_local_server(workers=1, extra_args=("--max-queue", "2", "--wall-s", "4")) as url:
         c = RewardClient([url], retries=0)
         status, headers, body = c._request(
