@@ -10,6 +10,7 @@ as shard-to-shard transfers: no device, and not the host, ever holds a full copy
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from r1jax.model.api import state_shardings
@@ -21,9 +22,19 @@ def sampler_shardings(state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     return state_shardings(state, mesh, rules)
 
 
-def reshard(state, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, donate: bool = False):
+def reshard(state, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, dtype=None, donate: bool = False):
     """Model state (nnx.State of the trainer) -> the same values laid out for the sampler's mesh.
 
-    donate=True frees the source buffers (when the trainer's copy is no longer needed, e.g. a
-    colocated sampler that takes over the devices)."""
-    return jax.device_put(state, sampler_shardings(state, mesh, rules), donate=donate)
+    dtype: cast floating-point variables after the move (e.g. bfloat16: the sampler reads half the
+    bytes per decode step while the trainer keeps float32 masters); the cast runs on the sampler's
+    devices, shard by shard. donate=True frees the source buffers (when the trainer's copy is no
+    longer needed, e.g. a colocated sampler that takes over the devices)."""
+    shardings = sampler_shardings(state, mesh, rules)
+    moved = jax.device_put(state, shardings, donate=donate)
+    if dtype is None:
+        return moved
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.jit(lambda s: jax.tree.map(cast, s), out_shardings=shardings, donate_argnums=0)(moved)

@@ -39,6 +39,12 @@ def test_reshard_train_fsdp8_to_sampler_meshes_device_to_device():
             sharded += not sh.is_fully_replicated
             np.testing.assert_array_equal(np.asarray(x), ref)
         assert sharded > 0
+    # a bfloat16 copy for the sampler; the float32 masters stay untouched
+    half = reshard(state, targets[0], dtype=jnp.bfloat16)
+    for x, ref in zip(_leaves(half), reference):
+        assert x.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(x), ref.astype(jnp.bfloat16))
+    assert all(x.dtype == np.float32 for x in _leaves(state))
 
 
 def test_mla_cache_model_greedy_equals_full_forward():
