@@ -7,7 +7,7 @@
 
 Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp-*` and renamed to
 `<step>` only after every array and the metadata are on disk, so a crash mid-save leaves the
-previous step as the latest; left-over tmp directories are removed when the next manager opens.
+previous step as the latest; a left-over tmp directory is never listed as a step.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from r1jax.grpo.config import GRPOConfig
 from r1jax.grpo.logprobs import shift_to_sequence, token_logprobs_and_entropy
 from r1jax.grpo.loss import effective_mask, grpo_loss, loss_weights
-from r1jax.grpo.state import TrainBatch, TrainState, batch_sharding
+from r1jax.grpo.state import TrainBatch, TrainState, batch_sharding, validate_batch
 from r1jax.model import update_router_bias
 from r1jax.parallel.rules import DEFAULT_RULES, Rules
 
@@ -153,6 +153,7 @@ def make_update_step(
     )
 
     def run(state: TrainState, batch: TrainBatch):
+        validate_batch(batch, cfg.group_size, cfg.micro_batches)  # shapes/dtypes, before the compiled code
         with jax.set_mesh(mesh):  # lets the model's activation constraints (rules.shard) apply
             return jitted(state, batch)
 
@@ -160,7 +161,7 @@ def make_update_step(
     return run
 
 
-def make_logprob_fn(graphdef, mesh: Mesh, chunk: int, params_sharding=None, model_state_sharding=None,
+def make_logprob_fn(graphdef, mesh: Mesh, chunk: int = 128, params_sharding=None, model_state_sharding=None,
                     rules: Rules = DEFAULT_RULES):
     """Jitted (params, model_state, tokens_bl, completion_mask_bl) -> logp_bl, zero outside the
     completion: the π_ref log-probs (frozen reference weights) and the recomputed π_old log-probs."""

@@ -169,3 +169,10 @@ def test_moe_step_updates_router_bias_and_adds_aux_loss():
     assert np.all(np.isclose(np.abs(deltas), 0.0) | np.isclose(np.abs(deltas), 0.01))
     assert np.abs(deltas).max() > 0
     assert float(m["expert_load_max"]) >= 1.0
+
+
+def test_update_validates_before_running(single, batch):
+    _, ts, update, _ = single
+    bad = dataclasses.replace(batch, old_logp_bl=batch.old_logp_bl[:, :5])
+    with pytest.raises(ValueError, match="old_logp_bl must have shape"):
+        update(ts, bad)
