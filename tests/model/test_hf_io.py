@@ -5,6 +5,7 @@ load_hf; logits and router choices must match the PyTorch model, export must rou
 and load back into transformers, and a sharded (data=2, fsdp=2, expert=2) import must agree too.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -282,3 +283,53 @@ def test_unsupported_moe_config_names_the_field():
         hf_io.config_from_hf({**hf, "n_group": 3})
     with pytest.raises(ValueError, match="scoring_func"):
         hf_io.config_from_hf({**hf, "scoring_func": "softmax"})
+
+
+# ------------------------------------------------------------------------------- real config.json files
+
+# deepseek-ai/DeepSeek-V3 config.json (the fp8 release; older rope_scaling layout, no rope_interleave)
+DEEPSEEK_V3_CONFIG = {
+    "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3,
+    "hidden_act": "silu", "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432,
+    "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v3",
+    "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8, "n_routed_experts": 256,
+    "n_shared_experts": 1, "norm_topk_prob": True, "num_attention_heads": 128, "num_experts_per_tok": 8,
+    "num_hidden_layers": 61, "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]},
+    "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                                            "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                                            "type": "yarn"},
+    "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "seq_aux": True,
+    "tie_word_embeddings": False, "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1", "use_cache": True, "v_head_dim": 128, "vocab_size": 129280,
+}
+# Qwen/Qwen2.5-0.5B-Instruct config.json
+QWEN25_05B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+    "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21,
+    "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.1", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+def test_real_configs_give_the_named_variants():
+    from r1jax.model.config import get_variant
+
+    with pytest.raises(ValueError, match="quantization_config"):
+        hf_io.config_from_hf(DEEPSEEK_V3_CONFIG)
+    bf16 = {k: v for k, v in DEEPSEEK_V3_CONFIG.items() if k != "quantization_config"}
+    cfg = hf_io.config_from_hf(bf16, dtype="bfloat16", param_dtype="bfloat16")
+    assert cfg == get_variant("deepseek_v3_671b")
+    assert hf_io.config_from_hf(QWEN25_05B_CONFIG, dtype="bfloat16") == get_variant("small_dense")
+    # and back: config_to_hf -> config_from_hf is the identity
+    for c in (cfg, get_variant("small_dense"), get_variant("smollm2_135m"), get_variant("tiny_moe")):
+        again = hf_io.config_from_hf(hf_io.config_to_hf(c), dtype=c.dtype, param_dtype=c.param_dtype)
+        if c.attention == "mla":  # MLA ignores n_kv_heads; HF's DeepSeek needs num_key_value_heads = heads
+            again = dataclasses.replace(again, n_kv_heads=c.n_kv_heads)
+        assert again == c, c
