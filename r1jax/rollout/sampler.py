@@ -17,6 +17,7 @@ compiles a handful of programs; temperature, top_p and max_new_tokens are runtim
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -298,9 +299,9 @@ class Sampler:
         return jitted
 
     # ----------------------------------------------------------------- the interface
-    def generate(
-        self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None
-    ) -> Rollout:
+    def _prepare(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, tokenizer):
+        """Checks the inputs (before anything compiles), pads them to the bucket, moves them to device
+        and picks the compiled program: -> (program, args)."""
         cfg = nnx.merge(self.graphdef, state).cfg  # no copy: only reads the config
         prompt_bp, lens_b = self._check(cfg, prompt_tokens_bp, prompt_lens_b, sampling)
         tables = self._stop_tables(sampling, cfg.vocab_size, tokenizer)
@@ -309,14 +310,10 @@ class Sampler:
         p_bucket, m_bucket = bucket(max_len), bucket(sampling.max_new_tokens)
         limit = min(x for x in (self.max_cache_len, cfg.max_position_embeddings) if x is not None)
         cache_len = max(max_len + sampling.max_new_tokens, min(p_bucket + m_bucket, limit))
-        prompt_bp = np.pad(
-            prompt_bp[:, :p_bucket],
-            ((0, 0), (0, max(0, p_bucket - prompt_bp.shape[1]))),
-            constant_values=self.pad_id,
-        )
-        prompt_bp = np.where(np.arange(p_bucket)[None] < lens_b[:, None], prompt_bp, self.pad_id).astype(
-            np.int32
-        )
+        width = prompt_bp.shape[1]
+        prompt_bp = np.pad(prompt_bp[:, :p_bucket], ((0, 0), (0, max(0, p_bucket - width))))
+        in_prompt = np.arange(p_bucket)[None] < lens_b[:, None]
+        prompt_bp = np.where(in_prompt, prompt_bp, self.pad_id).astype(np.int32)
 
         table_shapes = tuple(t.shape for t in tables)
         program = self._program(state, b, p_bucket, m_bucket, cache_len, sampling, table_shapes)
@@ -335,16 +332,26 @@ class Sampler:
             by_row = lambda *shape: _rows_sharding(self.mesh, shape, self.rules)  # noqa: E731
             host = jax.device_put(host, (by_row(*prompt_bp.shape), by_row(b), rep, rep, rep))
             rng = jax.device_put(rng, rep)
-        args = (state, *host, tables, rng)
-        if self.mesh is None:
-            out = program(*args)
-        else:
-            with jax.set_mesh(self.mesh):
-                out = program(*args)
-        rollout = Rollout(**out)
+        return program, (state, *host, tables, rng)
+
+    def _mesh_context(self):
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+    def generate(
+        self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None
+    ) -> Rollout:
+        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer)
+        with self._mesh_context():
+            rollout = Rollout(**program(*args))
         if tokenizer is not None:
             rollout = _decode_texts(rollout, tokenizer, sampling, self.pad_id)
         return rollout
+
+    def lower(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None):
+        """The lowered rollout program for these inputs (inspect its HLO, or .compile() ahead of time)."""
+        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer)
+        with self._mesh_context():
+            return program.lower(*args)
 
 
 def _decode_texts(rollout: Rollout, tokenizer, sampling: SamplingParams, pad_id: int) -> Rollout:

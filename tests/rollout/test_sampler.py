@@ -262,3 +262,12 @@ def test_cache_limit_from_sampler(model):
             model[1], PROMPTS, LENS, params(max_new_tokens=4, stop_strings=("x",)), jax.random.key(0)
         )
     assert not fresh._programs
+
+
+def test_decode_loop_stays_on_device(model, sampler):
+    """One program: the decode loop is an XLA while loop with no host callback or transfer inside."""
+    hlo = sampler.lower(model[1], PROMPTS, LENS, params(), jax.random.key(1)).as_text()
+    assert "stablehlo.while" in hlo
+    for host_op in ("callback", "send", "recv", "outfeed", "infeed"):
+        assert host_op not in hlo.lower(), host_op
+    assert len(sampler._programs) == 1  # lowering reused the cached program of the other tests
