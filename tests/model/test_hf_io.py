@@ -333,3 +333,31 @@ def test_real_configs_give_the_named_variants():
         if c.attention == "mla":  # MLA ignores n_kv_heads; HF's DeepSeek needs num_key_value_heads = heads
             again = dataclasses.replace(again, n_kv_heads=c.n_kv_heads)
         assert again == c, c
+
+
+def test_mtp_modules_round_trip_under_deepseek_names(tmp_path):
+    """transformers saves no MTP weights, so the MTP mapping is checked by a round trip of a random
+    r1jax model with an MTP module, against DeepSeek-V3's released tensor names."""
+    from r1jax.model import Transformer
+    from r1jax.model.config import get_variant
+
+    cfg = get_variant("tiny_moe")
+    assert cfg.n_mtp == 1
+    state = nnx.state(Transformer(cfg, rngs=nnx.Rngs(3)))
+    hf_io.save_hf(tmp_path, cfg, state)
+    names = set(load_file(os.path.join(tmp_path, "model.safetensors")))
+    mtp = f"model.layers.{cfg.n_layers}"
+    for name in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
+                 "self_attn.kv_a_proj_with_mqa.weight", "mlp.experts.7.down_proj.weight",
+                 "mlp.gate.e_score_correction_bias", "mlp.shared_experts.up_proj.weight"):
+        assert f"{mtp}.{name}" in names, name
+    cfg2, _, state2 = hf_io.load_hf(tmp_path)
+    assert cfg2.n_mtp == 1
+    for (p1, v1), (p2, v2) in zip(nnx.to_flat_state(state), nnx.to_flat_state(state2)):
+        assert p1 == p2 and np.array_equal(np.asarray(v1.get_value()), np.asarray(v2.get_value())), p1
+    # the released checkpoint also repeats the shared embedding / head in the MTP layer: tolerated
+    tensors = load_file(os.path.join(tmp_path, "model.safetensors"))
+    tensors[f"{mtp}.embed_tokens.weight"] = tensors["model.embed_tokens.weight"]
+    tensors[f"{mtp}.shared_head.head.weight"] = tensors["lm_head.weight"]
+    save_file(tensors, os.path.join(tmp_path, "model.safetensors"), metadata={"format": "pt"})
+    hf_io.load_hf(tmp_path)
