@@ -31,24 +31,26 @@ def _base() -> ConfigDict:
     c.pretrain = ConfigDict(
         dict(
             n_docs=24000,
-            tokenizer_vocab=384,
-            seq_len=160,
-            batch_size=32,
+            tokenizer_vocab=512,
+            seq_len=320,
+            batch_size=16,
             steps=1500,
             lr=3e-3,
             warmup_steps=100,
-            template_rate=0.3,  # share of worked problems written in the R1-Zero template
-            error_rate=0.35,  # share of worked problems whose arithmetic contains a slip
+            template_rate=0.3,  # R1-Zero-prompt documents answering in the full <think>/<answer> format
+            error_rate=0.35,  # worked problems whose arithmetic contains a slip
         )
     )
 
     # ① prompts
     c.data = ConfigDict(
         dict(
-            task="arithmetic",
-            difficulty=1,
+            task="arithmetic",  # a procedural task, gsm8k_test100, humaneval, rg:<name>, or "file"
+            difficulty=2,
+            path="",  # task="file": a JSONL/Parquet file of problems
             template="r1_zero",
             prompts_per_step=16,
+            n_train=2000,
             n_eval=64,
         )
     )
@@ -56,7 +58,7 @@ def _base() -> ConfigDict:
     # ② rollout (training samples; paper R1-Zero trains at T = 1)
     c.rollout = ConfigDict(
         dict(max_prompt_len=128, max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0,
-             stop_strings=("</answer>",))
+             stop_strings=("</answer>",), stop_token_ids=())
     )
 
     # ③ rewards: weights of the reward server's components (paper §2.2.2: accuracy + format)
@@ -76,7 +78,7 @@ def _base() -> ConfigDict:
     )
 
     # Evaluation as in the paper: pass@1 averaged over k samples at T = 0.6, top-p 0.95; cons@k.
-    c.eval = ConfigDict(dict(every=25, k=4, temperature=0.6, top_p=0.95))
+    c.eval = ConfigDict(dict(every=25, k=4, temperature=0.6, top_p=0.95, batch_prompts=16))
 
     # ⑥ checkpoints
     c.checkpoint = ConfigDict(dict(every=25, keep=2))
@@ -86,6 +88,8 @@ def _base() -> ConfigDict:
 def _tiny(c: ConfigDict) -> ConfigDict:
     c.name = "r1_zero_tiny"
     c.model.variant = "tiny_dense"
+    c.model.overrides = ConfigDict(dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_dim=384,
+                                        max_position_embeddings=512))
     c.optim.lr = 5e-4
     c.rl.steps = 150
     return c
@@ -124,7 +128,7 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     c.base.source = "hf"
     c.base.path = "/gcs/deepseek-v3-base"
     c.mesh = ConfigDict(dict(data=1, fsdp=16, expert=64, tensor=1, axis_type="auto"))
-    c.data.task = "math_jsonl"
+    c.data.task = "file"
     c.data.template = "r1_zero"
     c.data.prompts_per_step = 64
     c.grpo.group_size = 16

@@ -34,14 +34,15 @@ def _init_distributed(flags) -> None:
 
 
 def _train_main(argv) -> None:
-    from absl import flags, logging
-
     import jax
+    from absl import flags, logging
 
     from r1jax import train
     from r1jax.config_check import check_config
 
     del argv
+    # orbax logs every array write at INFO; keep the run's own progress readable
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
     F = flags.FLAGS
     _init_distributed(F)
     config = F.config
