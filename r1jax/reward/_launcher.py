@@ -1,6 +1,9 @@
-"""Sandbox launcher: run as `python -I _launcher.py CONFIG_JSON` by r1jax.reward.sandbox, as root.
+"""Sandbox launcher. Each worker starts one *zygote* (`python -I -S _launcher.py --zygote FD PPID`, as
+root) that holds no test data and forks one launcher per run, so a run costs forks, not an interpreter
+start. The worker sends the run's config plus its stdin/stdout/stderr pipe ends over a unix socket; the
+zygote answers with the launcher's pid and, when it ends, its exit code.
 
-Reads "<len source> <len stdin>\n" + source + stdin (utf-8 bytes) on stdin, then:
+The launcher reads "<len source> <len stdin>\n" + source + stdin (utf-8 bytes) on stdin, then:
   launcher (outside) --unshare(net, mount, pid)--> fork A (pid 1 of the new pid namespace: private
   tmpfs /tmp, /var/tmp, /dev/shm; interpreter made readable) --fork--> B (rlimits, unprivileged uid,
   parent-death SIGKILL, minimal env) runs the untrusted source.
@@ -86,6 +89,14 @@ def _wait_status_to_code(status):
     return os.WEXITSTATUS(status)
 
 
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - the program may have closed or replaced its streams
+            pass
+
+
 def _run_untrusted(cfg, source, workdir, stdin_path):
     fd = os.open(stdin_path, os.O_RDONLY)
     os.dup2(fd, 0)
@@ -115,19 +126,23 @@ def _run_untrusted(cfg, source, workdir, stdin_path):
         exec(code, namespace)
     except MemoryError:
         os._exit(EXIT_MEMORY)
-    except SystemExit:
-        raise
+    except SystemExit as e:  # exit like the interpreter would (we are deep inside a forked zygote)
+        code = e.code
+        if code is not None and not isinstance(code, int):
+            sys.stderr.write(f"{code}\n")
+            code = 1
+        _flush()
+        os._exit((code or 0) & 0xFF)
     except BaseException:
         import traceback
 
         traceback.print_exc()
-        sys.stderr.flush()
-        sys.stdout.flush()
+        _flush()
         os._exit(1)
 
 
 def _parse_config(arg):
-    """"key=value,..." with int / float / None / True / False values (see sandbox.Limits)."""
+    """ "key=value,..." with int / float / None / True / False values (see sandbox.Limits)."""
     cfg = {}
     for pair in arg.split(","):
         key, value = pair.split("=", 1)
@@ -140,8 +155,7 @@ def _parse_config(arg):
     return cfg
 
 
-def main():
-    cfg = _parse_config(sys.argv[1])
+def _launch(cfg):
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != cfg["parent_pid"]:  # the worker died before the line above: nobody will kill us
         os._exit(EXIT_SETUP_FAILED)
@@ -189,7 +203,7 @@ def main():
     pid_b = os.fork()
     if pid_b == 0:
         _run_untrusted(cfg, source, workdir, stdin_path)
-        sys.stdout.flush()
+        _flush()
         os._exit(0)
     del source
     # Backstop for the parent's wall clock: if the worker is gone (and with it the deadline), pid 1
@@ -202,5 +216,39 @@ def main():
             os._exit(_wait_status_to_code(status))
 
 
+def zygote(sock_fd, parent_pid):
+    import socket
+
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_SETUP_FAILED)
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 65536, 3)
+        except OSError:
+            os._exit(0)
+        if not msg or len(fds) != 3:
+            os._exit(0)  # the worker is gone (or confused): end, it will start a fresh zygote
+        cfg = _parse_config(msg.decode())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                os.setsid()  # own process group: the worker SIGKILLs it as a whole
+                for target, fd in enumerate(fds):
+                    os.dup2(fd, target)
+                    os.close(fd)
+                cfg["parent_pid"] = os.getppid()
+                _launch(cfg)
+            finally:
+                os._exit(EXIT_SETUP_FAILED)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(b"%d\n" % pid)
+        _, status = os.waitpid(pid, 0)
+        sock.sendall(b"%d\n" % _wait_status_to_code(status))
+
+
 if __name__ == "__main__":
-    main()
+    zygote(int(sys.argv[2]), int(sys.argv[3]))

@@ -1,17 +1,19 @@
 """Runs one untrusted Python program under kernel-enforced limits (see _launcher.py and docs/reward.md).
 
-The parent (a reward worker) starts the launcher in a new session, feeds the program and its stdin,
-reads stdout/stderr with a byte cap and a wall-clock deadline, and SIGKILLs the whole process group
-on any overrun. Expected outputs never enter the child: callers compare in this process.
+The parent (a reward worker) asks its zygote for a launcher in a new session, feeds the program and
+its stdin, reads stdout/stderr with a byte cap and a wall-clock deadline, and SIGKILLs the whole
+process group on any overrun. Expected outputs never enter the child: callers compare in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,7 +72,63 @@ class SandboxUnavailable(RuntimeError):
     """The kernel refused the isolation this sandbox promises; nothing was run."""
 
 
+class _Zygote:
+    """This process's sandbox zygote (see _launcher.py): started on first use, restarted if it dies."""
+
+    def __init__(self, site_packages: bool):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        flags = ("-I",) if site_packages else ("-I", "-S")
+        self.proc = subprocess.Popen(
+            [sys.executable, *flags, _LAUNCHER, "--zygote", str(child.fileno()), str(os.getpid())],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            cwd="/",
+        )
+        child.close()
+        self.sock, self.owner, self.site_packages = parent, os.getpid(), site_packages
+        self.buf = b""
+
+    def usable(self, site_packages: bool) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None and self.site_packages == site_packages
+
+    def read_int(self, timeout_s: float) -> int:
+        """The next "<int>\\n" from the zygote; TimeoutError after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("sandbox zygote did not answer in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(256)
+            if not chunk:
+                raise ConnectionError("sandbox zygote closed its socket")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return int(line)
+
+    def close(self):
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
+
+_zygote: _Zygote | None = None
+
+
+def _get_zygote(site_packages: bool) -> _Zygote:
+    global _zygote
+    if _zygote is None or not _zygote.usable(site_packages):
+        if _zygote is not None and _zygote.owner == os.getpid():
+            _zygote.close()
+        _zygote = _Zygote(site_packages)
+    return _zygote
+
+
 def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
+    global _zygote
     cfg = dataclasses.asdict(limits)
     workdir = None
     if not limits.namespaces:
@@ -78,28 +136,46 @@ def run_python(source: str, stdin: str, limits: Limits) -> RunResult:
         if limits.uid is not None:
             os.chown(workdir, limits.uid, limits.uid)
     cfg["workdir"] = workdir
-    cfg["parent_pid"] = os.getpid()
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    cfg["parent_pid"] = 0  # set by the zygote
+    src_b, in_b = source.encode(), stdin.encode()
+    payload = f"{len(src_b)} {len(in_b)}\n".encode() + src_b + in_b
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-I", *(() if limits.site_packages else ("-S",)), _LAUNCHER, _format_config(cfg)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        env=env,
-        cwd="/",
-        close_fds=True,
-    )
+    zyg = _get_zygote(limits.site_packages)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = None
     try:
-        src_b, in_b = source.encode(), stdin.encode()
-        payload = f"{len(src_b)} {len(in_b)}\n".encode() + src_b + in_b
-        out, err, timed_out, exceeded = _communicate(proc, payload, limits, t0)
+        try:
+            socket.send_fds(zyg.sock, [_format_config(cfg).encode()], [in_r, out_w, err_w])
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        pid = zyg.read_int(10.0)
+        out, err, timed_out, exceeded = _communicate(in_w, out_r, err_r, payload, limits, t0)
+        if timed_out or exceeded:
+            _kill_group(pid)
+        left = 10.0 if (timed_out or exceeded) else limits.wall_s - (time.monotonic() - t0)
+        try:
+            code = zyg.read_int(left)
+        except TimeoutError:  # pipes closed but the program lingers (e.g. closed its stdout): over time
+            timed_out = True
+            _kill_group(pid)
+            code = zyg.read_int(10.0)
+    except (OSError, ValueError) as e:
+        if pid is not None:
+            _kill_group(pid)
+        zyg.close()
+        _zygote = None
+        raise RuntimeError(f"sandbox zygote failed: {type(e).__name__}: {e}") from e
     finally:
-        _kill_group(proc)
+        for fd in (out_r, err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-    code = None if (timed_out or exceeded) else proc.returncode
+    if timed_out or exceeded:
+        code = None
     if code == EXIT_NO_NAMESPACE:
         raise SandboxUnavailable(err.decode(errors="replace").strip())
     if code == EXIT_SETUP_FAILED:
@@ -122,18 +198,18 @@ def _format_config(cfg: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in cfg.items())
 
 
-def _communicate(proc, data: bytes, limits: Limits, t0: float):
+def _communicate(in_w: int, out_r: int, err_r: int, data: bytes, limits: Limits, t0: float):
     """Writes the payload, reads both pipes until EOF, the byte cap or the deadline."""
     try:
-        proc.stdin.write(data)  # the launcher reads all stdin before running anything
-        proc.stdin.close()
+        with open(in_w, "wb", closefd=True) as f:  # the launcher reads all stdin before running anything
+            f.write(data)
     except BrokenPipeError:
         pass
     sel = selectors.DefaultSelector()
-    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    for f in bufs:
-        os.set_blocking(f.fileno(), False)
-        sel.register(f, selectors.EVENT_READ)
+    bufs = {out_r: bytearray(), err_r: bytearray()}
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
     timed_out = exceeded = False
     open_pipes = 2
     while open_pipes:
@@ -142,33 +218,23 @@ def _communicate(proc, data: bytes, limits: Limits, t0: float):
             timed_out = True
             break
         for key, _ in sel.select(timeout=min(left, 0.5)):
-            chunk = key.fileobj.read(65536)
+            chunk = os.read(key.fd, 65536)
             if not chunk:
-                sel.unregister(key.fileobj)
+                sel.unregister(key.fd)
                 open_pipes -= 1
                 continue
-            bufs[key.fileobj] += chunk
+            bufs[key.fd] += chunk
         if sum(len(b) for b in bufs.values()) > limits.output_bytes:
             exceeded = True
             break
     sel.close()
-    if not (timed_out or exceeded):
-        try:
-            proc.wait(timeout=max(0.1, limits.wall_s - (time.monotonic() - t0)))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, exceeded
+    return bytes(bufs[out_r]), bytes(bufs[err_r]), timed_out, exceeded
 
 
-def _kill_group(proc):
+def _kill_group(pid: int):
     """SIGKILL the launcher's whole process group; the pid namespace takes the rest with it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-    for f in (proc.stdout, proc.stderr):
-        f.close()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def probe(limits: Limits) -> dict:
