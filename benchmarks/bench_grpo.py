@@ -136,7 +136,7 @@ def bench_torch(cfg, batch, args) -> dict:
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    model = transformers.AutoModelForCausalLM.from_config(torch_config(cfg), torch_dtype=dtype).to(dev)
+    model = transformers.AutoModelForCausalLM.from_config(torch_config(cfg), dtype=dtype).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.99), weight_decay=0.01,
                             fused=dev == "cuda")
     t = {k: torch.from_numpy(v).to(dev) for k, v in batch.items()}
