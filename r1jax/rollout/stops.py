@@ -83,10 +83,10 @@ def stop_string_table(stop_strings: Sequence[str], token_bytes: Sequence[bytes])
     state_sv = np.broadcast_to(np.arange(n_states, dtype=np.int32)[:, None], (n_states, vocab)).copy()
     hit_sv = np.zeros((n_states, vocab), bool)
     for j in range(bytes_vl.shape[1]):
-        active_v = lens_v > j
-        moved = delta[state_sv, bytes_vl[None, :, j]]
-        state_sv = np.where(active_v[None], moved, state_sv)
-        hit_sv |= active_v[None] & accept[state_sv]
+        cols = np.flatnonzero(lens_v > j)  # tokens still having bytes: few once j passes ~10
+        moved = delta[state_sv[:, cols], bytes_vl[cols, j][None]]
+        state_sv[:, cols] = moved
+        hit_sv[:, cols] |= accept[moved]
     return (2 * state_sv + hit_sv).astype(np.int32)
 
 
