@@ -318,6 +318,30 @@ def _plan(abstract_state, cfg: ModelConfig) -> list[_Entry]:
     return [_entry(path, tuple(v.shape), cfg) for path, v in nnx.to_flat_state(abstract_state)]
 
 
+def expected_tensors(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF tensor name a checkpoint for `cfg` must hold, with its shape (shapes only, no memory)."""
+    from r1jax.model.api import abstract_model
+
+    return {name: e.hf_shape() for e in _plan(abstract_model(cfg)[1], cfg) for name in e.names}
+
+
+class ArraySource:
+    """A TensorSource over in-memory HF-named arrays (tests, conversions done in NumPy)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self._tensors = tensors
+
+    def names(self) -> list[str]:
+        return sorted(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        t = self._tensors[name]
+        return np.asarray(t if index is None else t[index])
+
+
 def _check(plan: list[_Entry], source: TensorSource, cfg: ModelConfig, where: str) -> set[str]:
     """Raises CheckpointError listing every missing / mis-shaped / extra tensor; returns the names
     that are present but deliberately unused (a tied lm_head copy, MTP copies of shared weights)."""

@@ -338,14 +338,18 @@ def test_real_configs_give_the_named_variants():
 def test_mtp_modules_round_trip_under_deepseek_names(tmp_path):
     """transformers saves no MTP weights, so the MTP mapping is checked by a round trip of a random
     r1jax model with an MTP module, against DeepSeek-V3's released tensor names."""
-    from r1jax.model import Transformer
     from r1jax.model.config import get_variant
 
     cfg = get_variant("tiny_moe")
     assert cfg.n_mtp == 1
-    state = nnx.state(Transformer(cfg, rngs=nnx.Rngs(3)))
+    rng = np.random.default_rng(3)  # random weights without jax's (slow, eager) random init
+    random = {n: rng.normal(size=s).astype(np.float32) for n, s in hf_io.expected_tensors(cfg).items()}
+    _, state = hf_io.load_source(cfg, hf_io.ArraySource(random))
     hf_io.save_hf(tmp_path, cfg, state)
-    names = set(load_file(os.path.join(tmp_path, "model.safetensors")))
+    exported = load_file(os.path.join(tmp_path, "model.safetensors"))
+    assert sorted(exported) == sorted(random)
+    assert all(np.array_equal(exported[n], random[n]) for n in random)
+    names = set(exported)
     mtp = f"model.layers.{cfg.n_layers}"
     for name in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
                  "self_attn.kv_a_proj_with_mqa.weight", "mlp.experts.7.down_proj.weight",
