@@ -156,6 +156,8 @@ def parse_tests(meta: dict) -> dict:
         has_asserts = isinstance(asserts, list) and asserts and all(isinstance(a, str) for a in asserts)
         if has_prog == bool(has_asserts):
             raise ItemError("meta.tests needs exactly one of 'program' (str) or 'asserts' (list of str)")
+    if not isinstance(meta.get("prefix", ""), str):
+        raise ItemError("meta.prefix must be a string")
     if meta.get("scoring", "all") not in ("all", "fraction"):
         raise ItemError("meta.scoring must be 'all' or 'fraction'")
     return tests

@@ -146,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, RecursionError) as e:  # JSONDecodeError and ItemError are ValueErrors
             self._send(400, {"error": str(e)[:2000]})
             return
+        except Exception as e:  # noqa: BLE001 - a validator surprised by odd input: still the client's fault
+            self._send(400, {"error": f"malformed request: {type(e).__name__}: {e}"[:2000]})
+            return
         try:
             jobs = self.server.pool.submit_batch(checked)
         except Overloaded as e:

@@ -57,7 +57,7 @@ def reasoning_text(completion: str) -> str:
 
 def language_reward(completion: str, language: str) -> Verdict:
     """Proportion of words of the reasoning that are in `language` (paper §2.3.2)."""
-    if language not in _SCRIPTS:
+    if not isinstance(language, str) or language not in _SCRIPTS:
         raise ItemError(f"meta.language {language!r} not supported; choose from {sorted(_SCRIPTS)}")
     text = re.sub(r"\\[A-Za-z]+", " ", reasoning_text(completion))  # LaTeX commands are not words
     words = _ANY_WORD.findall(text)

@@ -287,6 +287,18 @@ def raw_request(url: str, data: bytes, headers: dict | None = None, close_early:
         ),
         (b'{"items": [{"completion": "ok", "task": "math", "answer": "1"}, 7]}', 400, "item 1"),
         (b"[" * 100_000 + b"]" * 100_000, 400, ""),
+        (
+            b'{"items": [{"completion": "x", "task": "none", "meta": {"language": ["en"]}, '
+            b'"weights": {"language": 1}}]}',
+            400,
+            "meta.language",
+        ),
+        (
+            b'{"items": [{"completion": "x", "task": "code", "meta": {"tests": {"type": "assert", '
+            b'"program": "p"}, "entry_point": "f", "prefix": 3}}]}',
+            400,
+            "meta.prefix",
+        ),
     ],
 )
 def test_malformed_requests_are_refused_with_a_reason(server_url, body, code, words):
