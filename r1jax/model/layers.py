@@ -24,7 +24,22 @@ def param(value: jax.Array, names: tuple[str | None, ...]) -> nnx.Param:
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
-def normal(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
+class KeyStream:
+    """Stands in for nnx.Rngs during model construction: `params()` gives fold_in(key, i).
+
+    flax's Rngs advances a counter Variable on every draw; under jit/eval_shape that counter is a
+    tracer and each draw costs ~0.1 s in flax 0.12.8 (an error message built for `.sharding` on a
+    tracer), minutes for DeepSeek-V3's ~700 matrices. A Python counter costs nothing."""
+
+    def __init__(self, key: jax.Array):
+        self.key, self.count = key, 0
+
+    def params(self) -> jax.Array:
+        self.count += 1
+        return jax.random.fold_in(self.key, self.count)
+
+
+def normal(rngs: nnx.Rngs | KeyStream, shape, std: float, dtype) -> jax.Array:
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from r1jax.model.attention import GQAttention, MLAttention
 from r1jax.model.config import ModelConfig
-from r1jax.model.layers import MLP, Embed, Linear, RMSNorm, rope_cos_sin
+from r1jax.model.layers import MLP, Embed, KeyStream, Linear, RMSNorm, rope_cos_sin
 from r1jax.model.moe import MoE
 from r1jax.parallel.rules import shard
 
@@ -73,6 +73,7 @@ class MTPModule(nnx.Module):
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        rngs = KeyStream(rngs.params())
         self.embed_tokens = Embed(cfg, rngs=rngs)
         self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.d_model, cfg)
