@@ -536,48 +536,72 @@ def load_hf(directory: str | os.PathLike, mesh=None, *, dtype: str | None = None
 # ============================================================================ export
 
 
-def hf_tensors(cfg: ModelConfig, state) -> dict[str, np.ndarray]:
-    """The HF-named host tensors of a model state (nnx.State, or an nnx.Module)."""
+def _host(value) -> np.ndarray:
+    """A (possibly sharded, possibly multi-process) array as one host array."""
+    if getattr(value, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(value))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+def _to_hf(entry: _Entry, host: np.ndarray) -> dict[str, np.ndarray]:
+    if entry.kind == "copy":
+        return {entry.names[0]: host}
+    if entry.kind == "t":
+        return {entry.names[0]: np.ascontiguousarray(host.T)}
+    return {name: np.ascontiguousarray(host[i].T) for i, name in enumerate(entry.names)}
+
+
+def _values(state) -> list[tuple[tuple, Any]]:
     if isinstance(state, nnx.Module):
         state = nnx.state(state)
+    return [(path, var.get_value() if isinstance(var, nnx.Variable) else var)
+            for path, var in nnx.to_flat_state(state)]
+
+
+def hf_tensors(cfg: ModelConfig, state) -> dict[str, np.ndarray]:
+    """The HF-named host tensors of a model state (nnx.State, or an nnx.Module)."""
     out = {}
-    for path, var in nnx.to_flat_state(state):
-        value = var.get_value() if isinstance(var, nnx.Variable) else var
-        e = _entry(path, tuple(value.shape), cfg)
-        host = np.asarray(jax.device_get(value))
-        if e.kind == "copy":
-            out[e.names[0]] = host
-        elif e.kind == "t":
-            out[e.names[0]] = np.ascontiguousarray(host.T)
-        else:
-            for i, name in enumerate(e.names):
-                out[name] = np.ascontiguousarray(host[i].T)
+    for path, value in _values(state):
+        out.update(_to_hf(_entry(path, tuple(value.shape), cfg), _host(value)))
     return out
 
 
 def save_hf(directory: str | os.PathLike, cfg: ModelConfig, state, *, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes config.json and model(-0000i-of-0000n).safetensors (+ index json when sharded)."""
+    """Writes config.json and model.safetensors, or model-0000i-of-0000n.safetensors plus
+    model.safetensors.index.json when larger than `max_shard_bytes`.
+
+    Parameters are gathered to the host one file at a time (peak host memory is about one file).
+    With several processes every process must call this (the gathers are collective); process 0
+    writes.
+    """
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    tensors = hf_tensors(cfg, state)
-    shards, current, size = [], {}, 0
-    for name in sorted(tensors):
-        nbytes = tensors[name].nbytes
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(directory, exist_ok=True)
+    files, current, size = [], [], 0
+    for path, value in _values(state):
+        nbytes = math.prod(value.shape) * np.dtype(value.dtype).itemsize
         if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = tensors[name]
+            files.append(current)
+            current, size = [], 0
+        current.append((path, value))
         size += nbytes
-    shards.append(current)
-    if len(shards) == 1:
-        write_safetensors(os.path.join(directory, "model.safetensors"), shards[0], {"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, start=1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            write_safetensors(os.path.join(directory, fname), shard, {"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, fname))
-        total = sum(t.nbytes for t in tensors.values())
+    files.append(current)
+    weight_map, total = {}, 0
+    for i, group in enumerate(files, start=1):
+        fname = "model.safetensors" if len(files) == 1 else f"model-{i:05d}-of-{len(files):05d}.safetensors"
+        tensors = {}
+        for path, value in group:
+            tensors.update(_to_hf(_entry(path, tuple(value.shape), cfg), _host(value)))
+        if writer:
+            write_safetensors(os.path.join(directory, fname), tensors, {"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, fname))
+        total += sum(t.nbytes for t in tensors.values())
+    if not writer:
+        return
+    if len(files) > 1:
         with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(directory, "config.json"), "w") as f:
