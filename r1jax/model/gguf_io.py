@@ -202,7 +202,10 @@ class GGUFCheckpoint:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, dequantize
 
         info = self._tensors[name]
-        qtype = GGMLQuantizationType(info.qtype)
+        try:
+            qtype = GGMLQuantizationType(info.qtype)
+        except ValueError as e:
+            raise ValueError(f"{self.path}: tensor {name!r} has unknown ggml type {info.qtype}") from e
         block, block_bytes = GGML_QUANT_SIZES[qtype]
         if info.shape[-1] % block:
             raise ValueError(
@@ -213,11 +216,15 @@ class GGUFCheckpoint:
         raw = self._buf[info.offset : info.offset + n_rows * row_bytes]
         if raw.size != n_rows * row_bytes:
             raise ValueError(f"{self.path}: tensor {name!r} runs past the end of the file")
-        w = dequantize(raw.reshape(n_rows, row_bytes), qtype)
+        try:
+            w = dequantize(raw.reshape(n_rows, row_bytes), qtype)
+        except NotImplementedError as e:
+            raise ValueError(f"{self.path}: tensor {name!r}: gguf cannot dequantise {qtype.name}") from e
         w = np.asarray(w, dtype=np.float32).reshape(info.shape)
         if self.arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = self.hf_config["num_attention_heads" if "q_proj" in name else "num_key_value_heads"]
             w = unpermute_rope_rows(w, heads)
+        w.flags.writeable = False  # cached and shared between device shards
         return w
 
     def _hf_config(self) -> dict:
