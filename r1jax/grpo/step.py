@@ -98,7 +98,12 @@ def make_update_step(
         mask_bl = effective_mask(batch.completion_mask_bl, batch.truncated_b, cfg)
         weights_bl = loss_weights(mask_bl, cfg)  # normalised over the whole batch, not per micro-batch
         micro = jax.tree.map(lambda x: _split_micro(x, m), (batch, mask_bl, weights_bl))
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        # float32 gradient accumulators, sharded like the parameters (FSDP must not gather them)
+        zeros = jax.tree.map(
+            lambda sh, sub: jax.tree.map(
+                lambda p: jax.lax.with_sharding_constraint(jnp.zeros(p.shape, jnp.float32), sh), sub),
+            state_sharding.params, state.params,
+        )
 
         def body(carry, xs):
             g_acc, loss_acc, sums_acc, load_acc = carry
