@@ -21,7 +21,9 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 _CONTROL, _USER_DEFINED = 3, 4
 
 # Split regexes by `tokenizer.ggml.pre`, as llama.cpp's converter names them (same strings as
-# transformers' GGUF converter). A name not listed uses GPT-2's byte-level regex, as there.
+# transformers' GGUF converter). BYTE_LEVEL_PRE use GPT-2's byte-level regex (transformers' choice
+# for them too); any other name raises rather than tokenising with a guessed split.
+BYTE_LEVEL_PRE = ("default", "gpt2", "smollm")
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -121,7 +123,11 @@ def tokenizer_from_gguf(path: str | os.PathLike, metadata: dict | None = None) -
         merges.append((parts[0], parts[1]))
 
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    split = PRE_TOKENIZER_SPLITS.get(md.get("tokenizer.ggml.pre"))
+    pre = md.get("tokenizer.ggml.pre", "default")
+    if pre not in BYTE_LEVEL_PRE and pre not in PRE_TOKENIZER_SPLITS:
+        raise ValueError(f"{path}: tokenizer.ggml.pre={pre!r} is not supported; supported: "
+                         f"{sorted(BYTE_LEVEL_PRE + tuple(PRE_TOKENIZER_SPLITS))}")
+    split = PRE_TOKENIZER_SPLITS.get(pre)
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:

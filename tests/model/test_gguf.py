@@ -237,3 +237,43 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(smollm, tokenizer):
     info = gguf_tokenizer_info(SMOLLM)
     assert (info.bos_id, info.eos_id, info.pad_id, info.add_bos) == (1, 2, 2, False)
     assert tokenizer.id_to_token(info.eos_id) == "<|im_end|>"
+
+
+# --------------------------------------------------------------------------- tokenizer from metadata
+
+
+def _tiny_bpe_metadata(pre):
+    """A byte-level vocabulary (256 byte symbols + a few merges + specials) in GGUF metadata form."""
+    from r1jax.data.gguf_tokenizer import _bytes_to_unicode
+
+    byte_tokens = list(_bytes_to_unicode().values())
+    merges = ["Ġ t", "h e", "Ġt he", "1 2", "i n", "Ġ in"]
+    tokens = byte_tokens + [m.replace(" ", "") for m in merges] + ["<|endoftext|>", "<think>"]
+    types = [1] * (len(tokens) - 2) + [3, 4]
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.merges": merges, "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.eos_token_id": len(tokens) - 2}
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "smollm"])
+def test_pre_tokenizer_splits_match_transformers_converter(pre):
+    conv = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    md = _tiny_bpe_metadata(pre)
+    ours = tokenizer_from_gguf("tiny.gguf", md)
+    ref, _ = conv.convert_gguf_tokenizer("llama", {
+        "tokenizer_type": "gpt2", "pre_tokenizer_type": pre, "tokens": md["tokenizer.ggml.tokens"],
+        "merges": md["tokenizer.ggml.merges"], "token_type": md["tokenizer.ggml.token_type"]})
+    for text in ["the thin 12345 in  the\n\nend<|endoftext|>", "I'll  go—héllo 日本 <think> x", "  \t 1212 "]:
+        assert ours.encode(text).ids == ref.encode(text).ids, (pre, text)
+
+
+def test_unsupported_tokenizer_metadata_is_named():
+    md = _tiny_bpe_metadata("qwen2")
+    with pytest.raises(ValueError, match="tokenizer.ggml.model='llama'"):
+        tokenizer_from_gguf("x.gguf", {**md, "tokenizer.ggml.model": "llama"})
+    with pytest.raises(ValueError, match="tokenizer.ggml.pre='falcon'"):
+        tokenizer_from_gguf("x.gguf", {**md, "tokenizer.ggml.pre": "falcon"})
+    with pytest.raises(ValueError, match=r"tokenizer.ggml.merges\[1\]"):
+        tokenizer_from_gguf("x.gguf", {**md, "tokenizer.ggml.merges": ["Ġ t", "bad"]})
+    with pytest.raises(ValueError, match="tokenizer.ggml.token_type has 3 entries"):
+        tokenizer_from_gguf("x.gguf", {**md, "tokenizer.ggml.token_type": [1, 1, 1]})
