@@ -215,6 +215,25 @@ def test_smollm_greedy_answer_is_sensible(greedy, tokenizer):
 
 
 @needs_smollm
+def test_smollm_sharded_import_places_the_same_weights(smollm):
+    from r1jax.model import api
+    from r1jax.parallel.mesh import MeshConfig, make_mesh
+
+    _, _, _, state = smollm
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, expert=2, tensor=1))
+    _, _, sharded = gguf_io.load_gguf(SMOLLM, mesh)
+    want = dict(nnx.to_flat_state(api.state_shardings(sharded, mesh)))
+    single = dict(nnx.to_flat_state(state))
+    for path, var in nnx.to_flat_state(sharded):
+        arr = var.get_value()
+        assert arr.sharding.is_equivalent_to(want[path], arr.ndim), path
+        ref = np.asarray(single[path].get_value())
+        np.testing.assert_array_equal(np.asarray(arr), ref, err_msg=str(path))
+    emb = dict(nnx.to_flat_state(sharded))[("embed_tokens", "embedding")].get_value()
+    assert emb.addressable_shards[0].data.shape == (49152, 576 // 2)  # the model dim split over fsdp
+
+
+@needs_smollm
 def test_tokenizer_matches_transformers_gguf_tokenizer(smollm, tokenizer):
     transformers = pytest.importorskip("transformers")
     folder, name = os.path.split(SMOLLM)
