@@ -4,13 +4,22 @@ See docs/contracts.md § Model for the interface other stages code against.
 """
 
 from r1jax.model import config
-from r1jax.model.api import abstract_model, apply, create_sharded, logical_axes, param_counts, state_shardings
+from r1jax.model.api import (
+    abstract_model,
+    apply,
+    create_sharded,
+    logical_axes,
+    model_flops_per_token,
+    param_counts,
+    state_shardings,
+)
 from r1jax.model.config import ModelConfig, RopeScaling, get_variant
 from r1jax.model.moe import RouterBias, update_router_bias
 from r1jax.model.transformer import ModelAux, Transformer
 
 __all__ = [
     "ModelAux", "ModelConfig", "RopeScaling", "RouterBias", "Transformer", "abstract_model", "apply",
-    "config", "create_sharded", "get_variant", "logical_axes", "param_counts", "state_shardings",
+    "config", "create_sharded", "get_variant", "logical_axes", "model_flops_per_token", "param_counts",
+    "state_shardings",
     "update_router_bias",
 ]

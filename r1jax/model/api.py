@@ -107,3 +107,14 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     active = main - routed + routed * cfg.n_experts_per_tok // max(cfg.n_routed_experts, 1)
     return {"total": total, "main": main, "mtp": total - main, "active_per_token": active}
 
+
+
+def model_flops_per_token(cfg: ModelConfig, length: int) -> float:
+    """Training (forward + backward) FLOPs per token, PaLM convention: 6 · N_matmul + attention
+    6 · layers · heads · (d_qk + d_v) · length (scores and values, counted non-causally). N_matmul is
+    the active parameters minus an untied embedding table, whose lookup is no matmul."""
+    n = param_counts(cfg)["active_per_token"]
+    if not cfg.tie_word_embeddings:
+        n -= cfg.vocab_size * cfg.d_model
+    d_qk, d_v = (cfg.qk_head_dim, cfg.v_head_dim) if cfg.attention == "mla" else (cfg.d_head, cfg.d_head)
+    return 6.0 * n + 6.0 * cfg.n_layers * cfg.n_heads * (d_qk + d_v) * length

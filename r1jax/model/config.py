@@ -276,7 +276,7 @@ VARIANTS: dict[str, ModelConfig] = {
         qkv_bias=True, tie_word_embeddings=True, rope_theta=1000000.0, rms_eps=1e-6,
         max_position_embeddings=32768, dtype="bfloat16",
     ),
-    # one GPU: a ~1B-total / ~0.3B-active DeepSeek-V3-style MoE
+    # one GPU: a DeepSeek-V3-style MoE, 0.68B total / 0.20B active parameters per token
     "small_moe": ModelConfig(
         arch="deepseek_v3", vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, mlp_dim=2816,
         attention="mla", q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32,
