@@ -54,6 +54,9 @@ def _write_tiny_llama(path, arch="llama", n_heads=4, n_kv=2, head_dim=8, d=32, s
         "model.layers.0.mlp.up_proj.weight": rng.normal(size=(48, d)),
         "model.layers.0.mlp.down_proj.weight": rng.normal(size=(d, 48)),
     }
+    if arch == "qwen2":  # Qwen2 always has q/k/v biases
+        for proj, rows in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
+            hf[f"model.layers.0.self_attn.{proj}_proj.bias"] = rng.normal(size=(rows * head_dim,))
     hf = {k: v.astype(np.float32) for k, v in hf.items()}
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
@@ -90,6 +93,26 @@ def test_reader_undoes_llamacpp_permutation_exactly(tmp_path):
     for name, value in hf.items():
         np.testing.assert_array_equal(ckpt.read(name), value, err_msg=name)
     assert ckpt.hf_config["tie_word_embeddings"] and ckpt.hf_config["num_key_value_heads"] == 2
+
+
+@jax.jit
+def _tiny_forward(graphdef, state, tokens_bt):
+    model = nnx.merge(graphdef, state)
+    positions = jnp.broadcast_to(jnp.arange(tokens_bt.shape[1]), tokens_bt.shape)
+    return model.logits(model(tokens_bt, positions)[0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_gguf_forward_matches_numpy_on_the_original_weights(arch, tmp_path):
+    """End to end and independent of the reader: the NumPy forward runs on the weights *before*
+    llama.cpp's permutation was applied and the file written."""
+    hf = _write_tiny_llama(tmp_path / "m.gguf", arch=arch)
+    cfg, graphdef, state = gguf_io.load_gguf(tmp_path / "m.gguf")
+    assert (cfg.arch, cfg.n_layers, cfg.n_kv_heads, cfg.qkv_bias) == (arch, 1, 2, arch == "qwen2")
+    tokens = np.array([5, 17, 3, 60, 22, 9, 41])
+    got = np.asarray(_tiny_forward(graphdef, state, jnp.asarray(tokens[None])))[0]
+    ref = numpy_llama.forward(hf, numpy_llama.LlamaShape(1, 4, 2, 8, 10000.0, 1e-5, True), tokens)
+    np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max())
 
 
 def test_qwen2_gguf_is_not_permuted(tmp_path):
