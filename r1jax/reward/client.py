@@ -178,6 +178,8 @@ def start_local_server(
         "0",
         "--workers",
         str(workers),
+        "--parent-pid",
+        str(os.getpid()),
         *[a for p in plugins for a in ("--plugin", p)],
         *extra_args,
     ]

@@ -188,6 +188,19 @@ def _raise_interrupt(*_):
     raise KeyboardInterrupt
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """An orphaned auto-started server would hold workers and a port forever: leave with the parent."""
+    while True:
+        time.sleep(poll_s)
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGTERM)  # the clean shutdown path above
+            return
+        except PermissionError:  # exists, owned by someone else
+            pass
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="r1jax reward server (math, countdown, code sandbox, format, language)"
@@ -204,6 +217,9 @@ def main(argv=None):
     ap.add_argument("--memory-mb", type=int, default=1024)
     ap.add_argument("--plugin", action="append", default=[], help="module registering custom rewards")
     ap.add_argument("--require-sandbox", action="store_true", help="exit if namespaces are unavailable")
+    ap.add_argument("--parent-pid", type=int, default=0,
+                    help="shut down when this process is gone (the trainer that auto-started us, even "
+                         "if it was killed with SIGKILL and could not clean up)")
     args = ap.parse_args(argv)
     for mod in args.plugin:
         importlib.import_module(mod)
@@ -217,6 +233,8 @@ def main(argv=None):
     )
     server = build_server(args.host, args.port, cfg, args.require_sandbox)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # shut down cleanly: workers and their sandboxes
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

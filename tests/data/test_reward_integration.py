@@ -74,8 +74,6 @@ def test_ground_truth_scores_one_and_corruption_zero(client, template):
         assert result.rewards[wrong] == 0.0, (ex["id"], items[wrong]["completion"], result.details[wrong])
 
 
-@pytest.mark.xfail(strict=True, reason="reward math verifier compares with REL_TOL=1e-6 also between "
-                   "integers, so 106475279602 passes for 106475279601; reported to the lead")
 def test_large_integer_off_by_one_is_wrong(client):
     item = {"completion": templates.format_r1_zero_response("sum", "106475279602"), "task": "math",
             "answer": "106475279601", "meta": {}, "template": "r1_zero", "weights": {"accuracy": 1.0}}
