@@ -7,6 +7,7 @@ from r1jax.model import config
 from r1jax.model.api import (
     abstract_model,
     apply,
+    cache_shardings,
     create_sharded,
     logical_axes,
     model_flops_per_token,
@@ -19,6 +20,7 @@ from r1jax.model.transformer import ModelAux, Transformer
 
 __all__ = [
     "ModelAux", "ModelConfig", "RopeScaling", "RouterBias", "Transformer", "abstract_model", "apply",
+    "cache_shardings",
     "config", "create_sharded", "get_variant", "logical_axes", "model_flops_per_token", "param_counts",
     "state_shardings",
     "update_router_bias",

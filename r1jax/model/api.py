@@ -79,10 +79,12 @@ def create_sharded(cfg: ModelConfig, mesh: Mesh, rng_seed: int = 0, rules: Rules
 
 def cache_shardings(cache, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     """Shardings for a KV cache from `init_cache`: batch over the batch axes, GQA heads over kv_heads."""
-    def one(x):
-        names = ("batch", "cache_length", "kv_heads", "head_dim")[: x.ndim]
-        return NamedSharding(mesh, _fit(x.shape, logical_to_spec(names, rules), mesh))
-    return jax.tree.map(one, cache)
+    names = {"k": ("batch", "cache_length", "kv_heads", "head_dim"),
+             "v": ("batch", "cache_length", "kv_heads", "head_dim"),
+             "c_kv": ("batch", "cache_length", "kv_lora"),
+             "k_rope": ("batch", "cache_length", "head_dim")}
+    return tuple({k: NamedSharding(mesh, _fit(x.shape, logical_to_spec(names[k], rules), mesh))
+                  for k, x in layer.items()} for layer in cache)
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:

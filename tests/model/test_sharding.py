@@ -86,3 +86,17 @@ def test_expert_parallel_dispatch_equals_local(mesh, n_tokens):
         got = jax.jit(lambda *a: moe_expert_parallel(*a, mesh=jax.sharding.get_abstract_mesh()))(
             x, idx_nk, w_nk, wg, wu, wd)
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_logical_axes_and_cache_shardings(mesh, sharded):
+    graphdef, state = sharded
+    axes = M.logical_axes(state)
+    assert axes["layers"][1]["mlp"]["w_down"] == ("exp", "mlp", "embed")
+    assert axes["layers"][1]["self_attn"]["kv_b_proj"]["kernel"] == ("latent", "heads")
+    assert axes["layers"][1]["mlp"]["gate"]["e_score_correction_bias"] is None  # state, replicated
+    cache = jax.eval_shape(lambda: nnx.merge(graphdef, state).init_cache(8, 16))
+    specs = M.cache_shardings(cache, mesh)
+    assert specs[0]["c_kv"].spec == P(("data", "fsdp", "expert"), None, None)
+    # a batch the batch axes cannot split stays replicated instead of failing
+    cache1 = jax.eval_shape(lambda: nnx.merge(graphdef, state).init_cache(1, 16))
+    assert M.cache_shardings(cache1, mesh)[0]["k_rope"].spec == P(None, None, None)
