@@ -1,6 +1,7 @@
 """CheckpointManager: mesh A -> mesh B restore, keep-N, data state, errors; and, through a
 subprocess driver, kill -9 mid-save and between checkpoints with bit-identical resume."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,8 @@ DRIVER = os.path.join(os.path.dirname(__file__), "ckpt_driver.py")
 
 
 def _state_on(mesh, seed=0):
-    graphdef, ms = create_sharded(get_variant("tiny_moe"), mesh, seed)
+    model_cfg = dataclasses.replace(get_variant("tiny_moe"), n_mtp=0, n_layers=2)
+    graphdef, ms = create_sharded(model_cfg, mesh, seed)
     params, rest = split_model_state(ms)
     opt = make_optimizer(OptimConfig(frozen=("embed_tokens",)), params)
     sh = train_state_shardings(params, rest, opt, mesh)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from grpo_reference import advantages_np, grpo_loss_np
 
-from r1jax.grpo import advantages as adv_lib
+from r1jax.grpo.advantages import advantages, dynamic_sampling_keep, zero_variance_fraction
 from r1jax.grpo.config import GRPOConfig
 from r1jax.grpo.loss import effective_mask, grpo_loss
 
@@ -21,7 +21,7 @@ def test_advantages_match_numpy(scale):
     rewards[4:8] = 0.7  # tied group
     rewards[8:12] = [1.0, 0.0, 0.0, 0.0]
     valid = rng.random(6 * G) > 0.15
-    got = np.asarray(adv_lib.advantages(rewards, G, scale, valid_b=valid))
+    got = np.asarray(advantages(rewards, G, scale, valid_b=valid))
     want = advantages_np(rewards, G, scale, valid=valid)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     assert np.all(got[~valid] == 0)
@@ -32,26 +32,26 @@ def test_tied_group_is_exact_zero_not_nan():
     G = 8
     rewards = np.full(3 * G, 0.1, np.float32)  # 0.1 does not average exactly in float32
     for scale in ("group", "batch", "none"):
-        a = np.asarray(adv_lib.advantages(rewards, G, scale))
+        a = np.asarray(advantages(rewards, G, scale))
         assert np.all(a == 0.0) and not np.isnan(a).any(), scale
-    single = np.asarray(adv_lib.advantages([1.0, 0.0], 2, "group", valid_b=[True, False]))
+    single = np.asarray(advantages([1.0, 0.0], 2, "group", valid_b=[True, False]))
     assert np.all(single == 0.0)
-    assert adv_lib.zero_variance_fraction(np.r_[rewards[:G], np.arange(G)], G) == 0.5
+    assert zero_variance_fraction(np.r_[rewards[:G], np.arange(G)], G) == 0.5
 
 
 def test_dynamic_sampling_keeps_whole_informative_groups():
     rewards = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5], np.float32)
-    keep = adv_lib.dynamic_sampling_keep(rewards, 3)
+    keep = dynamic_sampling_keep(rewards, 3)
     np.testing.assert_array_equal(keep, [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
-    keep4 = adv_lib.dynamic_sampling_keep(rewards, 4)
+    keep4 = dynamic_sampling_keep(rewards, 4)
     np.testing.assert_array_equal(keep4, [1] * 4 + [1] * 4 + [0] * 4)
 
 
 def test_advantages_bad_input_names_field():
     with pytest.raises(ValueError, match="groups of 3"):
-        adv_lib.advantages(np.zeros(4), 3)
+        advantages(np.zeros(4), 3)
     with pytest.raises(ValueError, match="scale"):
-        adv_lib.advantages(np.zeros(4), 2, "median")
+        advantages(np.zeros(4), 2, "median")
     with pytest.raises(ValueError, match="loss_agg"):
         GRPOConfig(loss_agg="seq")
 
