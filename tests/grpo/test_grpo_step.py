@@ -28,7 +28,7 @@ OPT = OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10, clip_norm=
 
 
 # tiny_moe without its MTP module and with one dense + one MoE layer: the same code paths, less compile
-TINY_MOE = dataclasses.replace(get_variant("tiny_moe"), n_mtp=0, n_layers=2)
+TINY_MOE = dataclasses.replace(get_variant("tiny_moe"), n_mtp=0, n_layers=2, seq_aux_alpha=0.01)
 
 
 def _setup(variant, mesh, cfg):
@@ -164,12 +164,21 @@ def test_batch_not_whole_groups_or_microbatches():
 
 def test_moe_step_updates_router_bias_and_adds_aux_loss():
     mesh = make_mesh(MeshConfig(fsdp=2, expert=4))
-    cfg = dataclasses.replace(CFG, router_bias_rate=0.01)
-    _, ts, update, _ = _setup("tiny_moe", mesh, cfg)
+    cfg = dataclasses.replace(CFG, router_bias_rate=0.01, beta=0.0)
+    graphdef, ts, update, _ = _setup("tiny_moe", mesh, cfg)
     bias0 = [np.asarray(x) for x in jax.tree.leaves(ts.model_state)]
     b = synthetic_batch(3, N_PROMPTS, G, L, get_variant("tiny_moe").vocab_size)
+    # the GRPO part of the loss from a forward of the same parameters, to isolate the balance loss
+    logp_fn = make_logprob_fn(graphdef, mesh, 8)
+    tokens, cmask = jnp.asarray(b.tokens_bl), jnp.asarray(b.completion_mask_bl)
+    logp = np.asarray(logp_fn(ts.params, ts.model_state, tokens, cmask))
+    mask = b.completion_mask_bl * (1 - b.truncated_b)[:, None]
+    pg, _ = grpo_loss_np(logp, b.old_logp_bl, b.ref_logp_bl, b.advantages_b, mask, "token_mean",
+                         cfg.eps_low, cfg.eps_high, 0.0, cfg.dual_clip_c)
     ts, m = update(ts, shard_batch(b, mesh))
     check_finite(m, 0)
+    assert float(m["aux_loss"]) > 0
+    np.testing.assert_allclose(float(m["loss"]), pg + float(m["aux_loss"]), rtol=1e-4)
     bias1 = [np.asarray(x) for x in jax.tree.leaves(ts.model_state)]
     assert len(bias0) == TINY_MOE.n_moe_layers == 1
     # sign updates of size rate: every entry moved by 0 or ±0.01, and some moved
