@@ -153,3 +153,19 @@ def test_garbage_outside_the_mask_does_not_leak():
     assert np.isfinite(float(loss_bad)) and np.isfinite(np.asarray(g_bad)).all()
     np.testing.assert_array_equal(np.asarray(g_bad), np.asarray(g))
     assert float(loss_bad) == float(loss)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean", "dr_grpo"])
+def test_microbatch_split_with_global_weights_is_exact(agg):
+    """What the update step does: weights from the whole batch, loss summed over row subsets."""
+    from r1jax.grpo.loss import loss_weights
+
+    logp, old, ref, adv, mask = (jnp.asarray(x, jnp.float32) for x in _random_inputs(13))
+    cfg = GRPOConfig(loss_agg=agg, beta=0.04)
+    full, _ = grpo_loss(logp, old, ref, adv, mask, cfg)
+    w = loss_weights(mask, cfg)
+    rows = [slice(i, None, 3) for i in range(3)]
+    parts = [grpo_loss(logp[r], old[r], ref[r], adv[r], mask[r], cfg, w[r])[0] for r in rows]
+    np.testing.assert_allclose(float(sum(parts)), float(full), rtol=1e-5)  # float32 summation order
+    want, _ = grpo_loss_np(logp, old, ref, adv, mask, agg, 0.2, 0.28, 0.04)
+    np.testing.assert_allclose(float(full), want, rtol=1e-5)
