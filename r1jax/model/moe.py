@@ -13,6 +13,8 @@ local experts, and psum_scatter returns each token's sum to its home shard.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -78,33 +80,32 @@ def _active_mesh():
     return None if mesh is None or mesh.empty else mesh
 
 
-def _token_axes(n: int, mesh) -> tuple[str, ...]:
-    """The batch mesh axes (as in the rules table) that evenly split n tokens."""
-    axes, size = [], 1
-    for a in ("data", "fsdp", "expert"):
-        if a in mesh.axis_names and n % (size * mesh.shape[a]) == 0:
-            axes.append(a)
-            size *= mesh.shape[a]
-    return tuple(axes)
-
-
 def moe_expert_parallel(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, mesh):
-    """moe_ragged with experts split over the `expert` mesh axis (shard_map)."""
-    tok_axes = _token_axes(x_nd.shape[0], mesh)
-    gathered = "expert" in tok_axes
-    tok = P(tok_axes if tok_axes else None)
+    """moe_ragged with experts split over the `expert` mesh axis (shard_map).
+
+    Tokens are split over every batch axis of the mesh (padded with zero-gate rows to a multiple of
+    their product, e.g. for a decode step), gathered over `expert`, and each shard's partial sums
+    psum_scatter back. One path for every batch size: a replicated-token variant with a plain psum
+    gave wrong input gradients in jax 0.10 (tests/model/test_sharding.py would catch it)."""
+    batch_axes = tuple(a for a in ("data", "fsdp", "expert") if a in mesh.axis_names)
+    n = x_nd.shape[0]
+    split = math.prod(mesh.shape[a] for a in batch_axes)
+    pad = -n % split
+    if pad:
+        x_nd = jnp.pad(x_nd, ((0, pad), (0, 0)))
+        idx_nk = jnp.pad(idx_nk, ((0, pad), (0, 0)))
+        w_nk = jnp.pad(w_nk, ((0, pad), (0, 0)))  # zero gates: padded rows contribute nothing
 
     def local(x, idx, w, wg, wu, wd):
-        if gathered:  # every expert shard sees the tokens of its expert-axis peers
-            x, idx, w = (jax.lax.all_gather(a, "expert", axis=0, tiled=True) for a in (x, idx, w))
+        # every expert shard sees the tokens of its expert-axis peers
+        x, idx, w = (jax.lax.all_gather(a, "expert", axis=0, tiled=True) for a in (x, idx, w))
         y = moe_ragged(x, idx, w, wg, wu, wd, expert_offset=jax.lax.axis_index("expert") * wg.shape[0])
-        if gathered:
-            return jax.lax.psum_scatter(y, "expert", scatter_dimension=0, tiled=True)
-        return jax.lax.psum(y, "expert")
+        return jax.lax.psum_scatter(y, "expert", scatter_dimension=0, tiled=True)
 
-    w_spec = P("expert")
-    return jax.shard_map(local, mesh=mesh, in_specs=(tok, tok, tok, w_spec, w_spec, w_spec),
-                         out_specs=tok)(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd)
+    tok, w_spec = P(batch_axes), P("expert")
+    y = jax.shard_map(local, mesh=mesh, in_specs=(tok, tok, tok, w_spec, w_spec, w_spec),
+                      out_specs=tok)(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd)
+    return y[:n]
 
 
 def seq_aux_loss(scores_bte, idx_btk, mask_bt, cfg: ModelConfig):

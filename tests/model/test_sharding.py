@@ -72,7 +72,7 @@ def test_sharded_forward_equals_single_device(mesh, sharded):
     np.testing.assert_allclose(np.asarray(aux.expert_load_le), np.asarray(ref_aux.expert_load_le), atol=1e-6)
 
 
-@pytest.mark.parametrize("n_tokens", [16, 6])  # 16: tokens split over the expert axis; 6: replicated there
+@pytest.mark.parametrize("n_tokens", [16, 6])  # 6: not a multiple of the 8 batch shards (padded)
 def test_expert_parallel_dispatch_equals_local(mesh, n_tokens):
     rs = np.random.RandomState(n_tokens)
     e, d, f = CFG.n_routed_experts, CFG.d_model, CFG.moe_mlp_dim
@@ -81,11 +81,22 @@ def test_expert_parallel_dispatch_equals_local(mesh, n_tokens):
     wg, wu = (jnp.asarray(rs.randn(e, d, f).astype(np.float32) * 0.2) for _ in range(2))
     wd = jnp.asarray(rs.randn(e, f, d).astype(np.float32) * 0.2)
     w_nk, idx_nk, _ = route(x, w, jnp.zeros((e,)), CFG)
-    ref = np.asarray(moe_ragged(x, idx_nk, w_nk, wg, wu, wd))
+    probe = jnp.asarray(rs.randn(n_tokens, d).astype(np.float32))
+
+    def loss(dispatch, x, w_nk, wg, wu, wd):  # a scalar of the output, to compare gradients too
+        y = dispatch(x, idx_nk, w_nk, wg, wu, wd)
+        return jnp.sum(y * probe), y
+
+    grad = lambda dispatch: jax.value_and_grad(lambda *a: loss(dispatch, *a), argnums=(0, 1, 2, 3, 4),
+                                               has_aux=True)
+    (_, ref), ref_grads = jax.jit(grad(moe_ragged))(x, w_nk, wg, wu, wd)
     with jax.set_mesh(mesh):
-        got = jax.jit(lambda *a: moe_expert_parallel(*a, mesh=jax.sharding.get_abstract_mesh()))(
-            x, idx_nk, w_nk, wg, wu, wd)
-    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5 * np.abs(ref).max())
+        ep = lambda *a: moe_expert_parallel(*a, mesh=jax.sharding.get_abstract_mesh())
+        (_, got), got_grads = jax.jit(grad(ep))(x, w_nk, wg, wu, wd)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5 * np.abs(ref).max())
+    for name, g_ep, g_ref in zip(("x", "gates", "w_gate", "w_up", "w_down"), got_grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g_ep), np.asarray(g_ref), atol=1e-5 * np.abs(g_ref).max(),
+                                   err_msg=f"gradient wrt {name}")
 
 
 def test_logical_axes_and_cache_shardings(mesh, sharded):
