@@ -12,6 +12,7 @@ from r1jax.model.api import (
     logical_axes,
     model_flops_per_token,
     param_counts,
+    replicated_params,
     state_shardings,
 )
 from r1jax.model.config import ModelConfig, RopeScaling, get_variant
@@ -22,6 +23,7 @@ __all__ = [
     "ModelAux", "ModelConfig", "RopeScaling", "RouterBias", "Transformer", "abstract_model", "apply",
     "cache_shardings",
     "config", "create_sharded", "get_variant", "logical_axes", "model_flops_per_token", "param_counts",
+    "replicated_params",
     "state_shardings",
     "update_router_bias",
 ]

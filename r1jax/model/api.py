@@ -120,3 +120,15 @@ def model_flops_per_token(cfg: ModelConfig, length: int) -> float:
         n -= cfg.vocab_size * cfg.d_model
     d_qk, d_v = (cfg.qk_head_dim, cfg.v_head_dim) if cfg.attention == "mla" else (cfg.d_head, cfg.d_head)
     return 6.0 * n + 6.0 * cfg.n_layers * cfg.n_heads * (d_qk + d_v) * length
+
+
+def replicated_params(state, min_size: int = 1 << 16) -> list[str]:
+    """Paths of parameters with >= min_size elements that are fully replicated on a multi-device
+    mesh: the start-up guardrail (a forgotten logical axis silently costs a full copy per device)."""
+    out = []
+    for path, v in nnx.to_flat_state(state):
+        arr = v[...]
+        if (isinstance(v, nnx.Param) and arr.size >= min_size and len(arr.sharding.device_set) > 1
+                and arr.sharding.is_fully_replicated):
+            out.append("/".join(map(str, path)))
+    return out

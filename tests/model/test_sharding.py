@@ -42,6 +42,13 @@ def test_every_large_parameter_is_sharded(sharded):
             local = arr.addressable_shards[0].data
             assert local.size < arr.size, f"{path}: a device holds the full {arr.shape}"
     assert n_large > 12
+    assert M.replicated_params(state, min_size=LARGE) == []
+    # the guardrail does flag a replicated large parameter
+    w = state["layers"][1]["mlp"]["w_gate"][...]
+    replicated = jax.device_put(w, NamedSharding(w.sharding.mesh, P()))
+    flat = [(p, v.replace(replicated) if p[-1] == "w_gate" and p[1] == 1 else v)
+            for p, v in nnx.to_flat_state(state)]
+    assert M.replicated_params(nnx.from_flat_state(flat), min_size=LARGE) == ["layers/1/mlp/w_gate"]
     experts = state["layers"][1]["mlp"]["w_gate"][...]
     assert experts.sharding.spec[0] == "expert"
 
