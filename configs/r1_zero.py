@@ -32,7 +32,7 @@ def _base() -> ConfigDict:
         dict(
             n_docs=24000,
             tokenizer_vocab=512,
-            seq_len=320,
+            seq_len=256,
             batch_size=16,
             steps=1500,
             lr=3e-3,
@@ -57,7 +57,7 @@ def _base() -> ConfigDict:
 
     # ② rollout (training samples; paper R1-Zero trains at T = 1)
     c.rollout = ConfigDict(
-        dict(max_prompt_len=128, max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0,
+        dict(max_prompt_len=64, max_new_tokens=48, temperature=1.0, top_p=1.0, top_k=0,
              stop_strings=("</answer>",), stop_token_ids=())
     )
 

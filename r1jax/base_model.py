@@ -44,7 +44,7 @@ class PretrainConfig:
 
     n_docs: int = 24000
     tokenizer_vocab: int = 512
-    seq_len: int = 320
+    seq_len: int = 256
     batch_size: int = 16
     steps: int = 1500
     lr: float = 3e-3
@@ -138,7 +138,10 @@ def pretrain_base(cfg: PretrainConfig, model_cfg: ModelConfig, mesh: Mesh, base_
                          template_rate=cfg.template_rate, error_rate=cfg.error_rate),
             exclude_questions,
         )
-        tokenizer = SentencePieceTokenizer.train(docs, vocab_size=cfg.tokenizer_vocab)
+        # BPE across whitespace and punctuation: the corpus's fixed R1-Zero instruction becomes a few
+        # long pieces (prompt ~30 tokens instead of ~90), which cuts rollout and update cost ~2x.
+        tokenizer = SentencePieceTokenizer.train(docs, vocab_size=cfg.tokenizer_vocab, split_by_whitespace=False,
+                                                 split_by_unicode_script=False, max_sentencepiece_length=512)
         tokenizer.save(tok_path + ".tmp")
         os.replace(tok_path + ".tmp", tok_path)
         log.info("base corpus: %d documents, tokenizer of %d pieces (%.1fs)", len(docs),

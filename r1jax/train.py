@@ -58,6 +58,17 @@ log = logging.getLogger(__name__)
 
 
 def run(config, workdir: str) -> dict:
+    """The whole job. The reward server comes first, so a missing one fails before any compute."""
+    with _reward_server(config) as urls:
+        client = RewardClient(urls, timeout_s=config.reward.timeout_s)
+        try:
+            client.health()
+        except Exception as e:
+            raise ConnectionError(f"config.reward.urls: reward server {urls} is not answering: {e}") from e
+        return _train(config, workdir, client)
+
+
+def _train(config, workdir: str, client: RewardClient) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     seed = int(config.seed)
@@ -144,110 +155,106 @@ def run(config, workdir: str) -> dict:
         return [{"completion": t, "task": ex["task"], "answer": ex.get("answer"), "meta": ex.get("meta", {}),
                  "template": reward_format, "weights": weights} for ex, t in zip(examples, texts)]
 
-    # ③ the reward server: a subprocess on this host unless a fleet is named
-    with _reward_server(config) as urls:
-        client = RewardClient(urls, timeout_s=config.reward.timeout_s)
-        client.health()  # fail now, naming the URL, rather than at the first step
+    # ③ rewards come from the reward server process(es) that run() started or was pointed at
+    def score(examples, texts):
+        return client.score(reward_items(examples, texts))
 
-        def score(examples, texts):
-            return client.score(reward_items(examples, texts))
+    def run_eval(step: int) -> dict:
+        key = jax.random.fold_in(jax.random.key(seed + 1), step)  # same problems, fresh samples
+        result = evaluate(
+            lambda b, k: generate(state.params, state.model_state, b, eval_sampling, key), score,
+            list(eval_ds), k=config.eval.k,
+            extract_fn=lambda text: extract_answer(text, reward_format)[0],
+        )
+        writer.write_samples(step, [{"eval": True, **s} for s in result.samples])
+        log.info("eval @%d: pass@1 %.3f cons@%d %.3f format %.3f", step, result.pass_at_1,
+                 result.k, result.cons_at_k, result.format_rate)
+        return result.scalars()
 
-        def run_eval(step: int) -> dict:
-            key = jax.random.fold_in(jax.random.key(seed + 1), step)  # same problems, fresh samples
-            result = evaluate(
-                lambda b, k: generate(state.params, state.model_state, b, eval_sampling, key), score,
-                list(eval_ds), k=config.eval.k,
-                extract_fn=lambda text: extract_answer(text, reward_format)[0],
-            )
-            writer.write_samples(step, [{"eval": True, **s} for s in result.samples])
-            log.info("eval @%d: pass@1 %.3f cons@%d %.3f format %.3f", step, result.pass_at_1,
-                     result.k, result.cons_at_k, result.format_rate)
-            return result.scalars()
+    if start == 0:
+        writer.write(0, run_eval(0))
+    history = {}
+    bar = tqdm(range(start, config.rl.steps), initial=start, total=config.rl.steps, desc="GRPO",
+               disable=not is_main, mininterval=1)
+    for step in bar:
+        t0 = time.perf_counter()
+        key = step_key(state, step)
 
-        if start == 0:
-            writer.write(0, run_eval(0))
-        history = {}
-        bar = tqdm(range(start, config.rl.steps), initial=start, total=config.rl.steps, desc="GRPO",
-                   disable=not is_main, mininterval=1)
-        for step in bar:
-            t0 = time.perf_counter()
-            key = step_key(state, step)
+        # ── ① prompts + ② rollout: G samples per prompt (rows prompt-major) ───────────────
+        batch = next(prompts)
+        rollout = generate(state.params, state.model_state, batch, train_sampling, key)
+        examples = [ex for ex in batch.examples for _ in range(G)]
+        jax.block_until_ready(rollout.tokens_bl)
+        t1 = time.perf_counter()
 
-            # ── ① prompts + ② rollout: G samples per prompt (rows prompt-major) ───────────────
-            batch = next(prompts)
-            rollout = generate(state.params, state.model_state, batch, train_sampling, key)
-            examples = [ex for ex in batch.examples for _ in range(G)]
-            jax.block_until_ready(rollout.tokens_bl)
-            t1 = time.perf_counter()
+        # ── ③ rewards, verified on the host (never inside jit) ─────────────────────────────
+        rewards = score(examples, rollout.texts)
+        t2 = time.perf_counter()
 
-            # ── ③ rewards, verified on the host (never inside jit) ─────────────────────────────
-            rewards = score(examples, rollout.texts)
-            t2 = time.perf_counter()
+        # ── ④ advantages (eq. 3); infrastructure failures are masked, not rewarded 0 ────────
+        adv_b = advantages(rewards.rewards, G, grpo_cfg.adv_scale, rewards.valid, grpo_cfg.adv_eps)
+        keep_b = np.asarray(rewards.valid, np.float32)
+        if config.rl.dynamic_sampling:  # DAPO: groups whose rewards all tie carry no gradient
+            keep_b = keep_b * np.repeat(informative_groups(rewards.rewards, G, rewards.valid), G)
+        mask_bl = rollout.completion_mask_bl * jnp.asarray(keep_b)[:, None]
 
-            # ── ④ advantages (eq. 3); infrastructure failures are masked, not rewarded 0 ────────
-            adv_b = advantages(rewards.rewards, G, grpo_cfg.adv_scale, rewards.valid, grpo_cfg.adv_eps)
-            keep_b = np.asarray(rewards.valid, np.float32)
-            if config.rl.dynamic_sampling:  # DAPO: groups whose rewards all tie carry no gradient
-                keep_b = keep_b * np.repeat(informative_groups(rewards.rewards, G, rewards.valid), G)
-            mask_bl = rollout.completion_mask_bl * jnp.asarray(keep_b)[:, None]
+        # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps);
+        #    the sampler's own log-probs give the sampler/trainer mismatch metric ───────────
+        old_logp = logprob_fn(state.params, state.model_state, rollout.tokens_bl, mask_bl)
+        ref_logp = (logprob_fn(ref_params, state.model_state, rollout.tokens_bl, mask_bl)
+                    if ref_params is not None else jnp.zeros_like(old_logp))
+        train_batch = TrainBatch(
+            tokens_bl=rollout.tokens_bl, completion_mask_bl=mask_bl, advantages_b=jnp.asarray(adv_b),
+            old_logp_bl=old_logp, ref_logp_bl=ref_logp,
+            truncated_b=(rollout.finish_reason_b == FINISH_LENGTH).astype(jnp.float32),
+            sampler_logp_bl=rollout.logp_policy_bl * mask_bl,
+        )
+        validate_batch(train_batch, G, grpo_cfg.micro_batches)
+        train_batch = shard_batch(train_batch, mesh)
+        for _ in range(grpo_cfg.mu):
+            with jax.transfer_guard("disallow"):  # everything the step needs is already on device
+                state, step_metrics = update(state, train_batch)
+        step_metrics = jax.device_get(step_metrics)
+        check_finite(step_metrics, step)
+        if ref_params is not None and config.rl.ref_refresh_every and \
+                (step + 1) % config.rl.ref_refresh_every == 0:
+            ref_params = state.params
+        t3 = time.perf_counter()
 
-            # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps);
-            #    the sampler's own log-probs give the sampler/trainer mismatch metric ───────────
-            old_logp = logprob_fn(state.params, state.model_state, rollout.tokens_bl, mask_bl)
-            ref_logp = (logprob_fn(ref_params, state.model_state, rollout.tokens_bl, mask_bl)
-                        if ref_params is not None else jnp.zeros_like(old_logp))
-            train_batch = TrainBatch(
-                tokens_bl=rollout.tokens_bl, completion_mask_bl=mask_bl, advantages_b=jnp.asarray(adv_b),
-                old_logp_bl=old_logp, ref_logp_bl=ref_logp,
-                truncated_b=(rollout.finish_reason_b == FINISH_LENGTH).astype(jnp.float32),
-                sampler_logp_bl=rollout.logp_policy_bl * mask_bl,
-            )
-            validate_batch(train_batch, G, grpo_cfg.micro_batches)
-            train_batch = shard_batch(train_batch, mesh)
-            for _ in range(grpo_cfg.mu):
-                with jax.transfer_guard("disallow"):  # everything the step needs is already on device
-                    state, step_metrics = update(state, train_batch)
-            step_metrics = jax.device_get(step_metrics)
-            check_finite(step_metrics, step)
-            if ref_params is not None and config.rl.ref_refresh_every and \
-                    (step + 1) % config.rl.ref_refresh_every == 0:
-                ref_params = state.params
-            t3 = time.perf_counter()
+        # ── what a researcher watches ───────────────────────────────────────────────────────
+        lengths = np.asarray(rollout.completion_lens_b)
+        n_tokens = float(lengths.sum())
+        scalars = {
+            "reward/total": float(np.mean(rewards.rewards)),
+            **{f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()},
+            "reward/invalid_frac": float(1.0 - np.mean(rewards.valid)),
+            "rollout/length_mean": float(lengths.mean()),
+            "rollout/length_max": float(lengths.max()),
+            "rollout/truncated_frac": float(np.mean(np.asarray(rollout.finish_reason_b) == FINISH_LENGTH)),
+            "rollout/reflection_rate": reflection_rate(rollout.texts),
+            "rollout/zero_var_groups": zero_variance_fraction(rewards.rewards, G, rewards.valid),
+            **{f"grpo/{k}": float(v) for k, v in step_metrics.items()
+               if k != "kl" or grpo_cfg.beta > 0},  # without π_ref (β = 0) there is no KL to show
+            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
+        }
+        done = step + 1
+        if done % config.eval.every == 0 or done == config.rl.steps:
+            scalars.update(run_eval(done))
+        writer.write(done, scalars)
+        if done % config.rl.samples_every == 0:
+            writer.write_samples(done, [
+                {"question": examples[i]["question"], "completion": rollout.texts[i],
+                 "reward": float(rewards.rewards[i]), "status": rewards.status[i]}
+                for i in range(0, len(examples), G)][:4])
+        bar.set_postfix(reward=f"{scalars['reward/total']:.2f}",
+                        acc=f"{scalars.get('reward/accuracy', float('nan')):.2f}",
+                        len=f"{scalars['rollout/length_mean']:.0f}")
 
-            # ── what a researcher watches ───────────────────────────────────────────────────────
-            lengths = np.asarray(rollout.completion_lens_b)
-            n_tokens = float(lengths.sum())
-            scalars = {
-                "reward/total": float(np.mean(rewards.rewards)),
-                **{f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()},
-                "reward/invalid_frac": float(1.0 - np.mean(rewards.valid)),
-                "rollout/length_mean": float(lengths.mean()),
-                "rollout/length_max": float(lengths.max()),
-                "rollout/truncated_frac": float(np.mean(np.asarray(rollout.finish_reason_b) == FINISH_LENGTH)),
-                "rollout/reflection_rate": reflection_rate(rollout.texts),
-                "rollout/zero_var_groups": zero_variance_fraction(rewards.rewards, G, rewards.valid),
-                **{f"grpo/{k}": float(v) for k, v in step_metrics.items()
-                   if k != "kl" or grpo_cfg.beta > 0},  # without π_ref (β = 0) there is no KL to show
-                "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
-                "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
-            }
-            done = step + 1
-            if done % config.eval.every == 0 or done == config.rl.steps:
-                scalars.update(run_eval(done))
-            writer.write(done, scalars)
-            if done % config.rl.samples_every == 0:
-                writer.write_samples(done, [
-                    {"question": examples[i]["question"], "completion": rollout.texts[i],
-                     "reward": float(rewards.rewards[i]), "status": rewards.status[i]}
-                    for i in range(0, len(examples), G)][:4])
-            bar.set_postfix(reward=f"{scalars['reward/total']:.2f}",
-                            acc=f"{scalars.get('reward/accuracy', float('nan')):.2f}",
-                            len=f"{scalars['rollout/length_mean']:.0f}")
-
-            # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────
-            if done % config.checkpoint.every == 0 or done == config.rl.steps:
-                ckpt.save(done, state, data_state={"prompts": prompts.get_state()})
-            history = scalars
+        # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────
+        if done % config.checkpoint.every == 0 or done == config.rl.steps:
+            ckpt.save(done, state, data_state={"prompts": prompts.get_state()})
+        history = scalars
     ckpt.close()
     writer.close()
     if is_main and config.rl.steps > 0:

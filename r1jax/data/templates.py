@@ -46,6 +46,9 @@ REWARD_FORMAT = {"r1_zero": "r1_zero", "r1": "r1", "chatml": "chat", "deepseek_r
 def render_prompt(template: str, question: str) -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+    if template in ("r1_zero", "r1"):
+        # Table 1 writes "User: prompt. Assistant:"; a question that ends with its own period keeps one
+        question = question[:-1] if question.endswith(".") else question
     # str.replace, not str.format: questions contain braces (sets, LaTeX, code).
     return TEMPLATES[template].replace("{question}", question)
 

@@ -64,6 +64,7 @@ class SentencePieceTokenizer:
         vocab_size: int = 512,
         user_defined_symbols: Sequence[str] = R1_TAGS,
         model_type: str = "bpe",
+        **trainer_options,
     ) -> SentencePieceTokenizer:
         """Trains in memory. Identity normalisation and no dummy prefix, so decode(encode(t)) == t
         for every string t without U+2581 ("▁", SentencePiece's own space marker, which decodes to a
@@ -84,6 +85,7 @@ class SentencePieceTokenizer:
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             hard_vocab_limit=False,
             minloglevel=2,
+            **trainer_options,  # e.g. split_by_whitespace=False, max_sentencepiece_length=64
         )
         return cls(out.getvalue())
 
