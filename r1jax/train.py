@@ -48,6 +48,7 @@ from r1jax.grpo import (
 from r1jax.grpo.advantages import informative_groups
 from r1jax.metrics import MetricsWriter, plot_run, reflection_rate
 from r1jax.model import get_variant
+from r1jax.model.api import replicated_params
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.reward import RewardClient, start_local_server
 from r1jax.reward.mathcheck import extract_answer
@@ -88,7 +89,9 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
         )
     else:
         policy = base_model.load_pretrained(config.base.source, config.base.path, mesh, config.model.dtype)
-    check_sharded(policy.params, mesh)
+    unsharded = replicated_params(policy.params)
+    if unsharded:  # a forgotten logical axis would cost a full copy of these on every device
+        raise ValueError(f"config.mesh {dict(mesh.shape)}: large parameters left fully replicated: {unsharded[:8]}")
     tokenizer, graphdef = policy.tokenizer, policy.graphdef
 
     grpo_cfg = GRPOConfig(**config.grpo.to_dict())
@@ -271,18 +274,3 @@ def _reward_server(config):
         return
     with start_local_server(workers=config.reward.workers) as url:
         yield [url]
-
-
-def check_sharded(params, mesh, max_replicated_share: float = 0.5) -> None:
-    """Fails at start-up when most parameter bytes would be replicated on a multi-device mesh
-    (a rules-table or config mistake that would otherwise show up as an out-of-memory on a pod)."""
-    if mesh.size == 1:
-        return
-    leaves = jax.tree.leaves(params)
-    total = sum(x.size for x in leaves)
-    replicated = sum(x.size for x in leaves if x.sharding.is_fully_replicated)
-    if total and replicated / total > max_replicated_share and total > 10_000_000:
-        raise ValueError(
-            f"{replicated / total:.0%} of {total:,} parameters are fully replicated on mesh {dict(mesh.shape)}; "
-            "check config.mesh and the logical-axis rules"
-        )

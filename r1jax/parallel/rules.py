@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # logical name -> mesh axis (or tuple of mesh axes, or None for replicated)
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
