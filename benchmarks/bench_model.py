@@ -130,6 +130,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--chunk", type=int, default=128, help="sequence chunk of the log-prob computation")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
     ap.add_argument("--peer", action="store_true", help="also time transformers (PyTorch) on the same shapes")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny variants, float32, B=2, L=32")
     args = ap.parse_args()
@@ -142,7 +143,7 @@ def main():
     else:
         variants = args.variant or ["small_dense", "small_moe"]
     for name in variants:
-        cfg = dataclasses.replace(M.get_variant(name), dtype=args.dtype, param_dtype=args.dtype)
+        cfg = dataclasses.replace(M.get_variant(name), dtype=args.dtype, param_dtype=args.dtype, remat=args.remat)
         tokens = args.batch * args.length
         flops = M.model_flops_per_token(cfg, args.length) * tokens
         rows = [("r1jax", bench_r1jax(cfg, args.batch, args.length, args.steps, args.chunk))]
@@ -151,7 +152,7 @@ def main():
         for impl, r in rows:
             peak = peak_flops(str(r["device"]))
             n_dev = r.get("n_devices", 1)
-            out = {"bench": "model_fwd_bwd", "impl": impl, "variant": name, "dtype": args.dtype,
+            out = {"bench": "model_fwd_bwd", "impl": impl, "variant": name, "dtype": args.dtype, "remat": args.remat,
                    "batch": args.batch, "length": args.length, "tokens_per_s": tokens / r["step_s"],
                    "tflops_per_s": flops / r["step_s"] / 1e12,
                    "mfu": None if peak is None else flops / r["step_s"] / (peak * n_dev), **r}

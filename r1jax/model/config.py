@@ -139,6 +139,9 @@ class ModelConfig:
     n_mtp: int = 0
     """D, the number of MTP modules [num_nextn_predict_layers]; 0 disables."""
 
+    remat: bool = False
+    """Recompute each block's activations in the backward pass (jax.checkpoint): memory for FLOPs."""
+
     dtype: str = "float32"
     """Activation/compute dtype."""
     param_dtype: str = "float32"

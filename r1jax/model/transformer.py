@@ -57,6 +57,17 @@ class Block(nnx.Module):
         return shard(x_btd + y, ACT), cache, stats
 
 
+def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt):
+    """layer(...) under jax.checkpoint, as a pure function of the layer's split state (nnx.remat
+    would try to write the RouterBias variable across trace levels)."""
+    graphdef, state = nnx.split(layer)
+
+    def run(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt):
+        return nnx.merge(graphdef, state)(x_btd, positions_bt, cos_sin, segment_ids_bt, None, mask_bt)
+
+    return jax.checkpoint(run)(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt)
+
+
 class MTPModule(nnx.Module):
     """DeepSeek-V3 MTP module k: h' = W [RMSNorm(Emb(t_{i+k})); RMSNorm(h_i^{k-1})], then one block.
     The embedding and output head are shared with the main model; names follow the HF checkpoint
@@ -99,8 +110,11 @@ class Transformer(nnx.Module):
         x = shard(self.embed_tokens(tokens_bt), ACT)
         new_cache, loads, aux_loss = [], [], jnp.zeros((), jnp.float32)
         for i, layer in enumerate(self.layers):
-            x, layer_cache, stats = layer(x, positions_bt, cos_sin, segment_ids_bt,
-                                          None if cache is None else cache[i], mask_bt)
+            if cfg.remat and cache is None:
+                x, layer_cache, stats = _checkpointed(layer, x, positions_bt, cos_sin, segment_ids_bt, mask_bt)
+            else:
+                x, layer_cache, stats = layer(x, positions_bt, cos_sin, segment_ids_bt,
+                                              None if cache is None else cache[i], mask_bt)
             new_cache.append(layer_cache)
             if stats is not None:
                 loads.append(stats[0])
