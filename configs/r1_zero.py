@@ -74,7 +74,7 @@ def _base() -> ConfigDict:
                               clip_norm=1.0, min_lr_ratio=0.1))
 
     c.rl = ConfigDict(
-        dict(steps=200, dynamic_sampling=False, ref_refresh_every=0, log_every=1, samples_every=10)
+        dict(steps=200, dynamic_sampling=False, dynamic_sampling_rounds=3, ref_refresh_every=0, samples_every=10)
     )
 
     # Evaluation as in the paper: pass@1 averaged over k samples at T = 0.6, top-p 0.95; cons@k.

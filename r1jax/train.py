@@ -50,9 +50,9 @@ from r1jax.metrics import MetricsWriter, plot_run, reflection_rate
 from r1jax.model import get_variant
 from r1jax.model.api import replicated_params
 from r1jax.parallel.mesh import MeshConfig, make_mesh
-from r1jax.reward import RewardClient, start_local_server
+from r1jax.reward import RewardBatch, RewardClient, start_local_server
 from r1jax.reward.mathcheck import extract_answer
-from r1jax.rollout import Sampler, SamplingParams
+from r1jax.rollout import Rollout, Sampler, SamplingParams
 from r1jax.rollout.types import FINISH_LENGTH
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,15 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     def score(examples, texts):
         return client.score(reward_items(examples, texts))
 
+    def rollout_and_score(batch, key):
+        t0 = time.perf_counter()
+        rollout = generate(state.params, state.model_state, batch, train_sampling, key)
+        jax.block_until_ready(rollout.tokens_bl)
+        t1 = time.perf_counter()
+        examples = [ex for ex in batch.examples for _ in range(G)]
+        rewards = score(examples, rollout.texts)
+        return rollout, examples, rewards, t1 - t0, time.perf_counter() - t1
+
     def run_eval(step: int) -> dict:
         key = jax.random.fold_in(jax.random.key(seed + 1), step)  # same problems, fresh samples
         result = evaluate(
@@ -183,23 +192,18 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
         t0 = time.perf_counter()
         key = step_key(state, step)
 
-        # ── ① prompts + ② rollout: G samples per prompt (rows prompt-major) ───────────────
-        batch = next(prompts)
-        rollout = generate(state.params, state.model_state, batch, train_sampling, key)
-        examples = [ex for ex in batch.examples for _ in range(G)]
-        jax.block_until_ready(rollout.tokens_bl)
-        t1 = time.perf_counter()
-
-        # ── ③ rewards, verified on the host (never inside jit) ─────────────────────────────
-        rewards = score(examples, rollout.texts)
+        # ── ① prompts + ② rollout (G samples per prompt, rows prompt-major) + ③ rewards ─────
+        rollout, examples, rewards, t_rollout, t_reward = rollout_and_score(next(prompts), key)
+        extra_rounds = 0
+        if config.rl.dynamic_sampling:  # DAPO: replace groups whose rewards all tie (no gradient)
+            draw = lambda r, key=key: rollout_and_score(next(prompts), jax.random.fold_in(key, r))[:3]
+            rollout, examples, rewards, extra_rounds = fill_informative_groups(
+                (rollout, examples, rewards), draw, G, config.rl.dynamic_sampling_rounds)
         t2 = time.perf_counter()
 
         # ── ④ advantages (eq. 3); infrastructure failures are masked, not rewarded 0 ────────
         adv_b = advantages(rewards.rewards, G, grpo_cfg.adv_scale, rewards.valid, grpo_cfg.adv_eps)
-        keep_b = np.asarray(rewards.valid, np.float32)
-        if config.rl.dynamic_sampling:  # DAPO: groups whose rewards all tie carry no gradient
-            keep_b = keep_b * np.repeat(informative_groups(rewards.rewards, G, rewards.valid), G)
-        mask_bl = rollout.completion_mask_bl * jnp.asarray(keep_b)[:, None]
+        mask_bl = jnp.asarray(rollout.completion_mask_bl) * jnp.asarray(rewards.valid, jnp.float32)[:, None]
 
         # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps);
         #    the sampler's own log-probs give the sampler/trainer mismatch metric ───────────
@@ -238,8 +242,9 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
             "rollout/zero_var_groups": zero_variance_fraction(rewards.rewards, G, rewards.valid),
             **{f"grpo/{k}": float(v) for k, v in step_metrics.items()
                if k != "kl" or grpo_cfg.beta > 0},  # without π_ref (β = 0) there is no KL to show
-            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
-            "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": n_tokens / max(t1 - t0, 1e-9),
+            "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+            "rollout/dynamic_sampling_rounds": extra_rounds,
         }
         done = step + 1
         if done % config.eval.every == 0 or done == config.rl.steps:
@@ -274,3 +279,37 @@ def _reward_server(config):
         return
     with start_local_server(workers=config.reward.workers) as url:
         yield [url]
+
+
+def fill_informative_groups(first, draw, group_size: int, max_rounds: int):
+    """DAPO dynamic sampling with a fixed batch shape: groups whose rewards all tie carry no gradient,
+    so they are replaced by informative groups drawn from up to `max_rounds` fresh rollouts
+    (`draw(round) -> (rollout, examples, rewards)`). If too few are found the batch is topped up with
+    tied groups (zero advantage, no effect on the update). Returns (rollout, examples, rewards, rounds)."""
+    G = group_size
+    n_groups = len(first[1]) // G
+    informative = lambda src: [(src, g) for g in np.flatnonzero(informative_groups(src[2].rewards, G, src[2].valid))]
+    pool = informative(first)
+    tied = [(first, g) for g in range(n_groups) if (first, g) not in pool]
+    rounds = 0
+    while len(pool) < n_groups and rounds < max_rounds:
+        rounds += 1
+        pool += informative(draw(rounds))
+    chosen = (pool + tied)[:n_groups]
+
+    def rows(x, g):
+        return x[g * G : (g + 1) * G]
+
+    arrays = {f.name: np.concatenate([rows(np.asarray(getattr(src[0], f.name)), g) for src, g in chosen])
+              for f in dataclasses.fields(Rollout) if f.name != "texts"}
+    rollout = Rollout(**arrays, texts=[t for src, g in chosen for t in rows(src[0].texts, g)])
+    examples = [e for src, g in chosen for e in rows(src[1], g)]
+    cat = lambda get: np.concatenate([rows(np.asarray(get(src[2])), g) for src, g in chosen])
+    rewards = RewardBatch(
+        rewards=cat(lambda r: r.rewards),
+        components={k: cat(lambda r, k=k: r.components[k]) for k in first[2].components},
+        status=[x for src, g in chosen for x in rows(src[2].status, g)],
+        valid=cat(lambda r: r.valid),
+        details=[x for src, g in chosen for x in rows(src[2].details, g)],
+    )
+    return rollout, examples, rewards, rounds

@@ -12,7 +12,9 @@ module writes such a corpus, so the tiny run has a base model whose gains under 
 - among documents that use the R1-Zero prompt, only `template_rate` answer in the full
   `<think> … </think> <answer> … </answer>` format; the others answer in plain prose or half the
   format;
-- a share of simple instruction-following dialogues (repeat, reverse, sort, count, next number).
+- a share of simple instruction-following dialogues (repeat, reverse, sort, count, next number);
+- a share of arithmetic drill lines ("7 + 8 = 15. 23 - 4 = 19. ..."), always correct, like the
+  tables of a textbook: the base model can compute, but copies the slips of worked solutions.
 
 Everything is a pure function of the seed.
 """
@@ -36,11 +38,12 @@ class CorpusConfig:
     seed: int = 1234  # corpus seed; RL prompts use other seeds and are removed anyway
     template_rate: float = 0.3  # R1-Zero-prompt documents answering in the full tag format
     error_rate: float = 0.35  # worked solutions containing one slip
-    instruction_rate: float = 0.2  # share of instruction-following dialogues
+    instruction_rate: float = 0.15  # share of instruction-following dialogues
+    drill_rate: float = 0.25  # share of arithmetic drill documents (correct facts, no questions)
     r1_zero_prompt_rate: float = 0.6  # arithmetic documents that use the R1-Zero prompt
 
     def __post_init__(self):
-        for name in ("template_rate", "error_rate", "instruction_rate", "r1_zero_prompt_rate"):
+        for name in ("template_rate", "error_rate", "instruction_rate", "drill_rate", "r1_zero_prompt_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"CorpusConfig.{name} must be in [0, 1], got {v}")
@@ -141,6 +144,17 @@ def _instruction_doc(rng: np.random.Generator, cfg: CorpusConfig) -> str:
     return f"User: {instr}.\nAssistant: {reply}"
 
 
+def _drill_doc(rng: np.random.Generator, pcfg: procedural.ProceduralConfig, n_facts: int = 8) -> str:
+    """Correct single operations of the kind worked solutions take, from random problems (the
+    facts, not the questions: no problem text appears)."""
+    facts = []
+    while len(facts) < n_facts:
+        example = procedural.generate(pcfg, int(rng.integers(10**8, 2 * 10**8)))
+        facts += worked_solution(example["meta"]["expression"])[0].split(". ")
+    order = rng.permutation(len(facts))[:n_facts]
+    return "Facts: " + " ".join(facts[i].rstrip(".") + "." for i in order)
+
+
 def generate_corpus(cfg: CorpusConfig, exclude_questions: Iterable[str] = ()) -> list[str]:
     """The documents; arithmetic questions in `exclude_questions` (the RL prompts) never appear."""
     excluded = {normalize_prompt(q) for q in exclude_questions}
@@ -149,8 +163,12 @@ def generate_corpus(cfg: CorpusConfig, exclude_questions: Iterable[str] = ()) ->
     docs: list[str] = []
     index = 0
     while len(docs) < cfg.n_docs:
-        if rng.random() < cfg.instruction_rate:
+        u = rng.random()
+        if u < cfg.instruction_rate:
             docs.append(_instruction_doc(rng, cfg))
+            continue
+        if u < cfg.instruction_rate + cfg.drill_rate:
+            docs.append(_drill_doc(rng, pcfg))
             continue
         example = procedural.generate(pcfg, index)
         index += 1
