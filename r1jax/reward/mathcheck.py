@@ -80,8 +80,8 @@ def extract_answer(completion: str, template: str) -> tuple[str | None, str]:
 
 
 def _num_close(a, b) -> bool:
-    if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
-        return a == b  # exact numbers compare exactly: 106475279602 is not 106475279601
+    if isinstance(a, sympy.Integer) and isinstance(b, sympy.Integer):
+        return a == b  # integers compare exactly: 106475279602 is not 106475279601
     try:
         da, db = complex(sympy.N(a, 30)), complex(sympy.N(b, 30))
     except (TypeError, ValueError):
