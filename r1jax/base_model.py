@@ -27,7 +27,6 @@ from jax.sharding import Mesh
 
 from r1jax.checkpoint import CheckpointManager
 from r1jax.checkpoint.manager import abstract_state
-from r1jax.data import procedural
 from r1jax.data.base_corpus import CorpusConfig, generate_corpus, pack_documents
 from r1jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer
 from r1jax.grpo.optimizer import OptimConfig, make_optimizer
@@ -112,15 +111,6 @@ def _hf_dir_tokenizer(path: str) -> HFTokenizer:
         raise ValueError(f"{cfg_file}: no eos_token; generation could never stop")
     return HFTokenizer(tok_file, eos_token=special["eos_token"], bos_token=special.get("bos_token"),
                        pad_token=special.get("pad_token"))
-
-
-def rl_questions(task: str, difficulty: int, n_train: int, n_eval: int, seed: int) -> list[str]:
-    """The questions the RL stage will ask (train and held-out eval), to keep them out of the corpus."""
-    out = []
-    for split, n in (("train", n_train), ("eval", n_eval)):
-        cfg = procedural.ProceduralConfig(task, size=n, difficulty=difficulty, seed=seed, split=split)
-        out += [procedural.generate(cfg, i)["question"] for i in range(n)]
-    return out
 
 
 def pretrain_base(cfg: PretrainConfig, model_cfg: ModelConfig, mesh: Mesh, base_dir: str,

@@ -79,13 +79,15 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     log.info("mesh %s", dict(mesh.shape))
     task = TaskSpec(task=config.data.task, n_train=config.data.n_train, n_eval=config.data.n_eval,
                     difficulty=config.data.difficulty, seed=seed, path=config.data.path)
+    # held-out eval problems never appear in training (disjoint seeds + dedup by normalised prompt)
+    train_examples, eval_examples, split_info = load_splits(task)
+    log.info("task %s: %s", task.task, split_info)
     if config.base.source == "pretrain":
         policy = base_model.pretrain_base(
             base_model.PretrainConfig(**config.pretrain.to_dict(), difficulty=config.data.difficulty, seed=seed),
             dataclasses.replace(get_variant(config.model.variant), **config.model.overrides.to_dict()),
             mesh, os.path.join(workdir, "base"),
-            exclude_questions=base_model.rl_questions(task.task, task.difficulty, task.n_train,
-                                                      task.n_eval, seed),
+            exclude_questions=[e["question"] for e in train_examples + eval_examples],  # no RL prompt
         )
     else:
         policy = base_model.load_pretrained(config.base.source, config.base.path, mesh, config.model.dtype)
@@ -109,9 +111,7 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     # at all when β = 0, so no memory is spent on it.
     ref_params = policy.params if grpo_cfg.beta > 0 else None
 
-    # ── ① prompts: held-out eval problems never appear in training (disjoint seeds + dedup) ─────
-    train_examples, eval_examples, split_info = load_splits(task)
-    log.info("task %s: %s", task.task, split_info)
+    # ── ① prompts ───────────────────────────────────────────────────────────────────────────
     template = config.data.template
     prompt_cfg = PromptPipelineConfig(batch_size=config.data.prompts_per_step,
                                       max_prompt_len=config.rollout.max_prompt_len, template=template,

@@ -7,8 +7,7 @@ import operator
 import numpy as np
 import pytest
 
-from r1jax.base_model import rl_questions
-from r1jax.data import procedural
+from r1jax.data import TaskSpec, load_splits, procedural
 from r1jax.data.base_corpus import CorpusConfig, generate_corpus, pack_documents, worked_solution
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
@@ -48,7 +47,8 @@ def test_slip_is_carried_into_later_steps():
 
 
 def test_corpus_excludes_rl_questions_and_has_the_asked_rates():
-    exclude = rl_questions("arithmetic", 2, n_train=300, n_eval=64, seed=0)
+    train, eval_, _ = load_splits(TaskSpec("arithmetic", n_train=300, n_eval=64, difficulty=2))
+    exclude = [e["question"] for e in train + eval_]
     cfg = CorpusConfig(n_docs=3000, template_rate=0.3, error_rate=0.35, instruction_rate=0.2)
     docs = generate_corpus(cfg, exclude)
     assert len(docs) == 3000
