@@ -5,6 +5,8 @@ plots and resume read it) and mirrors scalars to TensorBoard. On resume the writ
 for steps at or after the restored step, so a run killed between a log line and its checkpoint
 continues without gaps or repeated steps.
 
+`start_step` is the first step the (resumed) run will write.
+
 `plot_run(workdir)` draws the views of the R1 paper: accuracy over steps (Figure 2), mean response
 length over steps (Figure 3) and the frequency of reflection words in completions (the "aha moment").
 """

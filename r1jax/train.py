@@ -133,7 +133,8 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
         if ref_params is not None and config.rl.ref_refresh_every:
             ref_params = state.params  # refreshed at the last multiple; exact when every | checkpoint.every
         log.info("resumed from step %d", start)
-    writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
+    # rows are written as `step + 1` after each update: resuming from checkpoint k keeps rows <= k
+    writer = MetricsWriter(workdir, start_step=start + 1 if start else 0, enabled=is_main)
 
     # ── ② rollout / ⑤ update programs, compiled once per shape ──────────────────────────────
     sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id))
