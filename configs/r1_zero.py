@@ -90,8 +90,14 @@ def _tiny(c: ConfigDict) -> ConfigDict:
     c.model.variant = "tiny_dense"
     c.model.overrides = ConfigDict(dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_dim=384,
                                         max_position_embeddings=512))
-    c.optim.lr = 5e-4
-    c.rl.steps = 150
+    # Measured on a 2-core CPU (docs/benchmarks.md): base pretraining ~10 min, GRPO ~3 min.
+    c.pretrain.steps = 800
+    c.pretrain.n_docs = 16000
+    c.data.prompts_per_step = 8
+    c.optim.lr = 1e-4
+    c.rl.steps = 100
+    c.eval.every = 20
+    c.checkpoint.every = 20
     return c
 
 
