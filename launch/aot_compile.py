@@ -43,9 +43,8 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
     from jax.experimental import topologies
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
+    from r1jax.checkpoint import abstract_state
     from r1jax.config_check import check_config
     from r1jax.grpo import GRPOConfig, OptimConfig, TrainBatch, TrainState, make_optimizer, make_update_step
     from r1jax.grpo.state import batch_sharding, train_state_shardings
@@ -70,16 +69,9 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(OptimConfig(learning_rate=config.optim.lr, warmup_steps=1, total_steps=10), params)
     state_sh = train_state_shardings(params, model_state, optimizer, mesh)
 
-    def sds(tree, shardings):
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-    abstract_state = TrainState(
-        params=sds(params, state_sh.params),
-        model_state=sds(model_state, state_sh.model_state),
-        opt_state=sds(jax.eval_shape(optimizer.init, params), state_sh.opt_state),
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P())),
-    )
+    like = TrainState(params=params, model_state=model_state, opt_state=jax.eval_shape(optimizer.init, params),
+                      step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    abstract_train_state = abstract_state(state_sh, like)
     rows = config.data.prompts_per_step * grpo_cfg.group_size
     length = args.seq_len or config.rollout.max_prompt_len + config.rollout.max_new_tokens
     bsh = batch_sharding(mesh)
@@ -91,7 +83,7 @@ def main(argv=None) -> dict:
     update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, state_sh)
     t0 = time.time()
     with jax.set_mesh(mesh):
-        lowered = update.jitted.lower(abstract_state, batch)
+        lowered = update.jitted.lower(abstract_train_state, batch)
     t1 = time.time()
     compiled = lowered.compile()
     t2 = time.time()
