@@ -48,6 +48,7 @@ def _base() -> ConfigDict:
             task="arithmetic",  # a procedural task, gsm8k_test100, humaneval, rg:<name>, or "file"
             difficulty=2,
             path="",  # task="file": a JSONL/Parquet file of problems
+            question_suffix="",  # appended to every question (an answer-format instruction)
             template="r1_zero",
             prompts_per_step=16,
             n_train=2000,
@@ -110,6 +111,7 @@ def _smollm2(c: ConfigDict) -> ConfigDict:
     c.data.task = "arithmetic"
     c.data.difficulty = 2
     c.data.template = "chatml"
+    c.data.question_suffix = "Please reason step by step, and put your final answer within \\boxed{}."
     c.data.prompts_per_step = 32
     c.data.n_eval = 100
     c.rollout.max_prompt_len = 192

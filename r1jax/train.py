@@ -82,6 +82,10 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     # held-out eval problems never appear in training (disjoint seeds + dedup by normalised prompt)
     train_examples, eval_examples, split_info = load_splits(task)
     log.info("task %s: %s", task.task, split_info)
+    if config.data.question_suffix:  # e.g. the R1 paper's "put your final answer within \boxed{}"
+        train_examples, eval_examples = (
+            [{**e, "question": f"{e['question']} {config.data.question_suffix}"} for e in examples]
+            for examples in (train_examples, eval_examples))
     if config.base.source == "pretrain":
         policy = base_model.pretrain_base(
             base_model.PretrainConfig(**config.pretrain.to_dict(), difficulty=config.data.difficulty, seed=seed),
