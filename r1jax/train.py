@@ -111,9 +111,9 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     )
     state_sh = train_state_shardings(policy.params, policy.model_state, optimizer, mesh)
     state = init_train_state(policy.params, policy.model_state, optimizer, mesh, seed)
-    # π_ref: the base model, frozen (refreshed every rl.ref_refresh_every steps if > 0). Not kept
-    # at all when β = 0, so no memory is spent on it.
-    ref_params = policy.params if grpo_cfg.beta > 0 else None
+    # π_ref: the base model, frozen (refreshed every rl.ref_refresh_every steps if > 0). A copy,
+    # since the update donates the state's buffers; not kept at all when β = 0.
+    ref_params = _copy(policy.params) if grpo_cfg.beta > 0 else None
 
     # ── ① prompts ───────────────────────────────────────────────────────────────────────────
     template = config.data.template
@@ -132,10 +132,11 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
     ckpt = CheckpointManager(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     start = ckpt.latest_step() or 0
     if start:
-        state, data_state = ckpt.restore(start, abstract_state(state_sh, state))
+        saved, data_state = ckpt.restore(start, abstract_state(
+            {"train": state_sh, "ref": None if ref_params is None else state_sh.params},
+            {"train": state, "ref": ref_params}))
+        state, ref_params = saved["train"], saved["ref"]
         prompts.set_state(data_state["prompts"])
-        if ref_params is not None and config.rl.ref_refresh_every:
-            ref_params = state.params  # refreshed at the last multiple; exact when every | checkpoint.every
         log.info("resumed from step %d", start)
     # rows are written as `step + 1` after each update: resuming from checkpoint k keeps rows <= k
     writer = MetricsWriter(workdir, start_step=start + 1 if start else 0, enabled=is_main)
@@ -230,7 +231,7 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
         check_finite(step_metrics, step)
         if ref_params is not None and config.rl.ref_refresh_every and \
                 (step + 1) % config.rl.ref_refresh_every == 0:
-            ref_params = state.params
+            ref_params = _copy(state.params)
         t3 = time.perf_counter()
 
         # ── what a researcher watches ───────────────────────────────────────────────────────
@@ -266,7 +267,7 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
 
         # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────
         if done % config.checkpoint.every == 0 or done == config.rl.steps:
-            ckpt.save(done, state, data_state={"prompts": prompts.get_state()})
+            ckpt.save(done, {"train": state, "ref": ref_params}, data_state={"prompts": prompts.get_state()})
         history = scalars
     ckpt.close()
     writer.close()
@@ -274,6 +275,10 @@ def _train(config, workdir: str, client: RewardClient) -> dict:
         for path in plot_run(workdir):
             log.info("plot: %s", path)
     return history
+
+
+def _copy(params):
+    return jax.tree.map(lambda x: x.copy(), params)  # same shardings, own buffers
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ TINY = [
     "--config.grpo.group_size=4", "--config.rollout.max_new_tokens=16",
     "--config.eval.k=2", "--config.eval.every=2", "--config.rl.samples_every=1",
     "--config.checkpoint.every=1", "--config.rl.steps=3", "--config.reward.workers=1",
+    # a KL term against π_ref, refreshed every 2 steps: resuming from step 1 must still use the old π_ref
+    "--config.grpo.beta=0.01", "--config.rl.ref_refresh_every=2",
 ]
 
 
@@ -47,7 +49,7 @@ def _final_params(workdir, step):
 
     path = os.path.join(workdir, "checkpoints", str(step), "state")
     tree = ocp.PyTreeCheckpointer().restore(path)
-    return [np.asarray(x) for x in __import__("jax").tree.leaves(tree["params"])]
+    return [np.asarray(x) for x in __import__("jax").tree.leaves(tree["train"]["params"])]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_two_plus_grpo_steps_end_to_end_on_8_devices(uninterrupted):
     for r in rows[1:]:
         for key in ("reward/total", "reward/accuracy", "reward/format", "grpo/loss", "grpo/grad_norm",
                     "grpo/entropy", "grpo/old_vs_sampler_abs", "rollout/length_mean", "time/rollout_s",
-                    "time/reward_s", "time/update_s", "reward/invalid_frac"):
+                    "time/reward_s", "time/update_s", "reward/invalid_frac", "grpo/kl"):
             assert key in r and np.isfinite(r[key]), key
         assert r["reward/invalid_frac"] == 0.0  # the real reward server answered every item
         assert r["grpo/old_vs_sampler_abs"] < 1e-4  # sampler and trainer agree on the log-probs
