@@ -118,16 +118,14 @@ def pretrain_base(cfg: PretrainConfig, model_cfg: ModelConfig, mesh: Mesh, base_
     """Pretrains (or loads, when <base_dir> holds a finished one) the tiny base model."""
     os.makedirs(base_dir, exist_ok=True)
     tok_path = os.path.join(base_dir, "tokenizer.model")
+    corpus_cfg = CorpusConfig(n_docs=cfg.n_docs, difficulty=cfg.difficulty, seed=1000 + cfg.seed,
+                              template_rate=cfg.template_rate, error_rate=cfg.error_rate)
     if os.path.exists(tok_path):
         tokenizer = SentencePieceTokenizer.load(tok_path)
         docs = None
     else:
         t0 = time.time()
-        docs = generate_corpus(
-            CorpusConfig(n_docs=cfg.n_docs, difficulty=cfg.difficulty, seed=1000 + cfg.seed,
-                         template_rate=cfg.template_rate, error_rate=cfg.error_rate),
-            exclude_questions,
-        )
+        docs = generate_corpus(corpus_cfg, exclude_questions)
         # BPE across whitespace and punctuation: the corpus's fixed R1-Zero instruction becomes a few
         # long pieces (prompt ~30 tokens instead of ~90), which cuts rollout and update cost ~2x.
         tokenizer = SentencePieceTokenizer.train(docs, vocab_size=cfg.tokenizer_vocab, split_by_whitespace=False,
@@ -150,11 +148,7 @@ def pretrain_base(cfg: PretrainConfig, model_cfg: ModelConfig, mesh: Mesh, base_
             log.info("base model: loaded the pretrained one from %s", base_dir)
             return Policy(model_cfg, graphdef, ts.params, ts.model_state, tokenizer)
         if docs is None:  # tokenizer saved but model unfinished: regenerate the (deterministic) corpus
-            docs = generate_corpus(
-                CorpusConfig(n_docs=cfg.n_docs, difficulty=cfg.difficulty, seed=1000 + cfg.seed,
-                             template_rate=cfg.template_rate, error_rate=cfg.error_rate),
-                exclude_questions,
-            )
+            docs = generate_corpus(corpus_cfg, exclude_questions)
         packed = pack_documents([tokenizer.encode(d) + [tokenizer.eos_id] for d in docs], cfg.seq_len)
         step_fn = make_sft_step(graphdef, opt, mesh, shardings)
         rng = np.random.default_rng(cfg.seed)
