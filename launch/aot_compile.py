@@ -85,20 +85,25 @@ def main(argv=None) -> dict:
     with jax.set_mesh(mesh):
         lowered = update.jitted.lower(abstract_train_state, batch)
     t1 = time.time()
-    compiled = lowered.compile()
-    t2 = time.time()
-    mem = compiled.memory_analysis()
     counts = param_counts(model_cfg)
     report = {
         "config": args.config, "topology": args.topology, "chips": len(devices), "mesh": dict(mesh.shape),
         "rows": rows, "seq_len": length, "params_total": counts["total"],
-        "params_active_per_token": counts["active_per_token"],
-        "lower_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1),
-        "per_chip_bytes": {k: int(getattr(mem, k)) for k in (
-            "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-            "generated_code_size_in_bytes") if hasattr(mem, k)},
+        "params_active_per_token": counts["active_per_token"], "lower_s": round(t1 - t0, 1),
     }
-    report["per_chip_gib_total"] = round(sum(report["per_chip_bytes"].values()) / 2**30, 2)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:  # XLA refuses a program that cannot fit: that is the answer
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        report.update(fits=False, compile_s=round(time.time() - t1, 1), error=str(e).splitlines()[0][:400])
+    else:
+        mem = compiled.memory_analysis()
+        report.update(fits=True, compile_s=round(time.time() - t1, 1), per_chip_bytes={
+            k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                              "temp_size_in_bytes", "generated_code_size_in_bytes")
+            if hasattr(mem, k)})
+        report["per_chip_gib_total"] = round(sum(report["per_chip_bytes"].values()) / 2**30, 2)
     print(json.dumps(report, indent=2))
     if args.out:
         with open(args.out, "w") as f:

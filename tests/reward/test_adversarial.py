@@ -53,7 +53,8 @@ PROGRAMS = {
         {"runtime_error", "resource_limit", "timeout"},
     ),
     "memory_bomb": (stdio_item("x = bytearray(8 * 1024 ** 3)"), {"resource_limit"}),
-    "memory_creep": (stdio_item("a = []\nwhile True:\n    a.append(' ' * 10 ** 6)"), {"resource_limit"}),
+    # 10 MB steps: reaches the 512 MB limit in ~50 steps, well inside the wall limit even on a loaded host
+    "memory_creep": (stdio_item("a = []\nwhile True:\n    a.append(' ' * 10 ** 7)"), {"resource_limit"}),
     "output_flood": (stdio_item("while True:\n    print('x' * 10000)"), {"resource_limit"}),
     "disk_fill_one_file": (
         stdio_item("f = open('big', 'wb')\nwhile True:\n    f.write(b'0' * 2 ** 20)"),
