@@ -58,7 +58,7 @@ _GREEK = ("alpha beta gamma delta epsilon theta lambda mu nu rho sigma tau phi c
 _FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos", "arctan"}
 
 
-def _brace_group(s: str, i: int) -> tuple[str, int]:
+def brace_group(s: str, i: int) -> tuple[str, int]:
     """Returns the argument starting at s[i] ({...} or one character) and the index after it."""
     while i < len(s) and s[i] == " ":
         i += 1
@@ -88,8 +88,8 @@ def _replace_commands(s: str) -> str:
     while i < len(s):
         m = re.match(r"\\(d|t|c)?frac", s[i:])
         if m:
-            a, j = _brace_group(s, i + m.end())
-            b, j = _brace_group(s, j)
+            a, j = brace_group(s, i + m.end())
+            b, j = brace_group(s, j)
             out.append(f"(({_replace_commands(a)})/({_replace_commands(b)}))")
             i = j
             continue
@@ -102,14 +102,14 @@ def _replace_commands(s: str) -> str:
                 if k < 0:
                     raise ParseError("unbalanced [ in \\sqrt")
                 index, j = s[j + 1 : k], k + 1
-            a, j = _brace_group(s, j)
+            a, j = brace_group(s, j)
             inner = _replace_commands(a)
             out.append(f"sqrt({inner})" if index is None else f"(({inner})^(1/({_replace_commands(index)})))")
             i = j
             continue
         m = re.match(r"\\(textbf|textit|textrm|text|mathrm|mathbf|mbox|operatorname)(?![A-Za-z])\s*", s[i:])
         if m:
-            a, j = _brace_group(s, i + m.end())
+            a, j = brace_group(s, i + m.end())
             out.append(" " + a + " ")
             i = j
             continue

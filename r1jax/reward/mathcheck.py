@@ -31,16 +31,12 @@ def boxed_contents(text: str) -> list[str]:
         if m.start() < end:
             continue  # a box inside the previous box belongs to it
         if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        out.append(text[i + 1 : j])
-                        end = j
-                        break
+            try:
+                content, after = mp.brace_group(text, i)
+            except mp.ParseError:  # an unclosed box holds no answer
+                continue
+            out.append(content)
+            end = after - 1
         elif i < len(text):  # "\boxed 5"
             out.append(text[i:].split()[0] if text[i:].split() else "")
     return out
