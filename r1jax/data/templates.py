@@ -3,7 +3,10 @@
 - "r1_zero": DeepSeek-R1 paper Table 1 (base models; reasoning in <think>, answer in <answer>).
 - "r1": the readable output format of the R1 cold-start data (§2.3.1):
   |special_token| <reasoning_process> |special_token| <summary>. The prompt is the Table 1
-  conversation with the format sentence describing this layout.
+  conversation with the format sentence describing this layout; the summary ends with the final
+  answer in \\boxed{}, which is where the reward reads it. The reward server splits a completion
+  with `r1jax.reward.mathcheck.split_completion` (format, language and answer all use that split);
+  `format_r1_response` writes exactly the layout it scores 1.0 for non-empty parts.
 - "chatml": the chat format of SmolLM2 / Qwen checkpoints.
 - "deepseek_r1": the chat template of the released DeepSeek-R1 checkpoints (<｜User｜>/<｜Assistant｜>);
   the assistant turn opens with "<think>\n" as the released template does.
@@ -30,7 +33,8 @@ R1_READABLE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process and then summarises the result for the user. "
     f"The reasoning process and summary are separated by {SPECIAL_TOKEN} markers, i.e., {SPECIAL_TOKEN} "
-    f"reasoning process here {SPECIAL_TOKEN} summary here. User: {{question}}. Assistant:"
+    f"reasoning process here {SPECIAL_TOKEN} summary here. The summary ends with the final answer in "
+    "\\boxed{}. User: {question}. Assistant:"
 )
 
 CHATML = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -66,4 +70,9 @@ def format_r1_zero_response(reasoning: str, answer: str) -> str:
 
 
 def format_r1_response(reasoning: str, summary: str) -> str:
+    """`|special_token| reasoning |special_token| summary`. A marker inside either part would move the
+    split the reward makes, so it is refused."""
+    for name, text in (("reasoning", reasoning), ("summary", summary)):
+        if SPECIAL_TOKEN in text:
+            raise ValueError(f"format_r1_response: {name} contains the marker {SPECIAL_TOKEN!r}")
     return f"{SPECIAL_TOKEN} {reasoning} {SPECIAL_TOKEN} {summary}"

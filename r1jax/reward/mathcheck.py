@@ -1,23 +1,32 @@
 """Math accuracy: final-answer extraction and sympy equivalence (runs inside a killable worker).
 
-Extraction policy (docs/reward.md):
-  * template "r1_zero": the answer is the content of the last <answer>...</answer>; if that content has
-    \\boxed{...}, the boxed content is the answer.
-  * templates "r1" / "chat": the answer is the last \\boxed{...} after the reasoning, i.e. after the last
-    </think> (the whole text when there is no think block). A <think> that never closes means the
-    answer is only inside the reasoning: no_answer.
+`split_completion(completion, template)` is the one place that knows how a completion is laid out:
+it returns the reasoning region (read by the language reward and the rejection filters), the final
+region (where answers are read: math, countdown) and whether the layout is exactly the template's
+(the format reward). Rules per template (docs/reward.md):
+  * "r1_zero": reasoning = before the last </think>; final = the content of the last <answer>...</answer>
+    (if it has \\boxed{...}, the boxed content is the answer).
+  * "r1" (readable, paper section 2.3.1: |special_token| reasoning |special_token| summary): reasoning =
+    between the first two markers, final = the summary after the second marker; the answer is the last
+    \\boxed{...} of the summary (no box in the summary: no_answer). Without any marker the completion
+    is read like "chat", so an answer after </think> still counts for accuracy (the format reward
+    scores that layout 0).
+  * "chat": reasoning = before the last </think> (all text without one); final = after the last </think>
+    (all text without think tags; None when a <think> never closes: the answer is only in the reasoning).
   * hedging scores 0: several different boxed answers, an empty box (no_answer), "3 or 4", and lists
     when the gold is a single value (enumerating every option).
+The reasoning region never contains the tags or the markers themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import sympy
 
 from r1jax.reward import math_parse as mp
-from r1jax.reward.types import NO_ANSWER, OK, WRONG, Verdict
+from r1jax.reward.types import NO_ANSWER, OK, TEMPLATES, WRONG, ItemError, Verdict
 
 REL_TOL = 1e-6  # numeric tolerance: |pred - gold| <= REL_TOL * max(1, |gold|)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -42,32 +51,112 @@ def boxed_contents(text: str) -> list[str]:
     return out
 
 
+# Equal to r1jax.data.templates.SPECIAL_TOKEN (a test pins it): the reward package cannot import
+# r1jax.data, whose package imports jax.
+R1_MARKER = "|special_token|"
+_TAGS = re.compile(r"</?think>|</?answer>")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionParts:
+    """A completion split by its template's layout (see the module docstring)."""
+
+    reasoning: str  # the chain of thought, without tags or markers ("" when there is none)
+    final: str | None  # where the answer is read; None when the completion never reached that part
+    well_formed: bool  # the layout is exactly the template's: the format reward
+    note: str  # why the layout is not well formed ("" when it is)
+
+
+def split_completion(completion: str, template: str) -> CompletionParts:
+    """Reasoning and final part of `completion` under the reward template "r1_zero", "r1" or "chat"."""
+    if template == "r1_zero":
+        return _split_r1_zero(completion)
+    if template == "r1":
+        return _split_r1(completion)
+    if template == "chat":
+        return _split_chat(completion)
+    raise ItemError(f"field 'template' is {template!r}; expected one of {TEMPLATES}")
+
+
+def _reasoning(text: str) -> str:
+    return _TAGS.sub(" ", text).replace(R1_MARKER, " ").strip()
+
+
+def _split_chat(completion: str) -> CompletionParts:
+    if "</think>" in completion:
+        before, after = completion.rsplit("</think>", 1)
+        final = after
+    else:
+        before, final = completion, (None if "<think>" in completion else completion)
+    ok = bool(completion.strip())
+    return CompletionParts(_reasoning(before), final, ok, "" if ok else "empty completion")
+
+
+_R1_ZERO = re.compile(
+    r"\A\s*(?:<think>)?(?:(?!</?think>|</?answer>).)*</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>\s*\Z",
+    re.S,
+)
+
+
+def _split_r1_zero(completion: str) -> CompletionParts:
+    # The prompt ends with "Assistant:"; the completion may open <think> itself or continue as if it had.
+    before = completion.rsplit("</think>", 1)[0]
+    answers = _ANSWER_RE.findall(completion)
+    ok = bool(_R1_ZERO.match(completion))
+    note = "" if ok else "expected [<think>] reasoning </think> <answer> answer </answer>, one of each, nothing after"
+    return CompletionParts(_reasoning(before), answers[-1] if answers else None, ok, note)
+
+
+def _split_r1(completion: str) -> CompletionParts:
+    pieces = completion.split(R1_MARKER)
+    n_markers = len(pieces) - 1
+    if n_markers == 0:
+        chat = _split_chat(completion)
+        return CompletionParts(chat.reasoning, chat.final, False, f"no {R1_MARKER} marker")
+    if n_markers == 1:
+        before, after = pieces
+        if before.strip():  # the marker closes a reasoning whose opening marker was left out
+            return CompletionParts(_reasoning(before), after, False, f"one {R1_MARKER} marker, not at the start")
+        return CompletionParts(_reasoning(after), None, False, f"second {R1_MARKER} never written: no summary")
+    preamble, reasoning, summary = pieces[0], pieces[1], R1_MARKER.join(pieces[2:])
+    if n_markers != 2:
+        note = f"{n_markers} {R1_MARKER} markers; expected exactly two"
+    elif preamble.strip():
+        note = f"text before the first {R1_MARKER}"
+    elif _TAGS.search(completion):
+        note = "<think>/<answer> tags mixed into the readable format"
+    elif not reasoning.strip():
+        note = "empty reasoning"
+    elif not summary.strip():
+        note = "empty summary"
+    else:
+        note = ""
+    return CompletionParts(_reasoning(reasoning), summary, not note, note)
+
+
 def after_reasoning(text: str) -> str | None:
-    """The text after the last </think>; None when a <think> is left open (answer only in the reasoning)."""
-    if "</think>" in text:
-        return text.rsplit("</think>", 1)[1]
-    if "<think>" in text:
-        return None
-    return text
+    """The text after the last </think>; None when a <think> is left open (answer only in the reasoning).
+    The "chat" final part; kept for callers that do not pass a template."""
+    return _split_chat(text).final
 
 
 def extract_answer(completion: str, template: str) -> tuple[str | None, str]:
     """-> (answer string or None, note). None means no answer was given."""
+    parts = split_completion(completion, template)
+    region = parts.final
     if template == "r1_zero":
-        found = _ANSWER_RE.findall(completion)
-        if not found:
+        if region is None:
             return None, "no <answer> block"
-        region = found[-1]
         boxes = boxed_contents(region)
         if not boxes:
             return region.strip() or None, "answer block"
     else:
-        region = after_reasoning(completion)
         if region is None:
-            return None, "think block never closed"
+            return None, parts.note if R1_MARKER in completion and template == "r1" else "think block never closed"
         boxes = boxed_contents(region)
         if not boxes:
-            return None, "no \\boxed{} after the reasoning"
+            where = "in the summary" if template == "r1" and R1_MARKER in completion else "after the reasoning"
+            return None, f"no \\boxed{{}} {where}"
     distinct = {b.strip() for b in boxes}
     if len(distinct) > 1:
         return "\\HEDGE", f"{len(distinct)} different boxed answers"

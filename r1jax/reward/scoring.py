@@ -29,7 +29,7 @@ def component(name: str, item: dict, limits: sandbox.Limits) -> Verdict:
     if name == "format":
         return format_reward(item["completion"], item["template"])
     if name == "language":
-        return language_reward(item["completion"], item["meta"].get("language", DEFAULT_LANGUAGE))
+        return language_reward(item["completion"], item["meta"].get("language", DEFAULT_LANGUAGE), item["template"])
     return registry.call(name, item)
 
 
@@ -49,7 +49,7 @@ def check_item(raw, index: int) -> dict:
             elif item["task"] == "none":
                 raise ItemError("task 'none' has no accuracy verifier; set weights.accuracy to 0")
         if item["weights"].get("language", 0):
-            language_reward("", item["meta"].get("language", DEFAULT_LANGUAGE))
+            language_reward("", item["meta"].get("language", DEFAULT_LANGUAGE), item["template"])
     except ItemError as e:
         raise ItemError(f"item {index}: {e}") from None
     return item

@@ -1,10 +1,12 @@
 """Format, language-consistency and countdown rewards: pure functions of the completion text.
 
-Format (paper Table 1 and §2.3): the R1-Zero prompt ends with "Assistant: <think>", so the completion
-normally *continues inside* the think block; a completion that repeats "<think>" at its start is
-accepted too. Templates:
-  r1_zero: [<think>] reasoning </think> <answer> answer </answer>   (nothing else after)
-  r1:      [<think>] reasoning </think> summary                      (readable: non-empty summary)
+Where the reasoning and the final part of a completion are is decided in one place,
+`mathcheck.split_completion` (per reward template); these rewards only read its regions.
+Format (paper Table 1 and section 2.3.1), 1.0 when the layout is exactly:
+  r1_zero: [<think>] reasoning </think> <answer> answer </answer>   (nothing else after; the prompt ends
+           with "Assistant:", so the completion may open <think> itself or continue as if it had)
+  r1:      |special_token| reasoning |special_token| summary         (exactly two markers, the first at
+           the start, non-empty reasoning and summary, no <think>/<answer> tags)
   chat:    no structure required; any non-empty completion scores 1.
 """
 
@@ -13,26 +15,15 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from r1jax.reward.mathcheck import after_reasoning, boxed_contents
+from r1jax.reward.mathcheck import boxed_contents, split_completion
 from r1jax.reward.types import NO_ANSWER, OK, WRONG, ItemError, Verdict
-
-_R1_ZERO = re.compile(
-    r"\A\s*(?:<think>)?(?:(?!</?think>|</?answer>).)*</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>\s*\Z",
-    re.S,
-)
-_R1 = re.compile(
-    r"\A\s*(?:<think>)?(?:(?!</?think>).)+</think>(?:(?!</?think>).)*\S(?:(?!</?think>).)*\Z", re.S
-)
 
 
 def format_reward(completion: str, template: str) -> Verdict:
-    if template == "r1_zero":
-        ok = bool(_R1_ZERO.match(completion))
-    elif template == "r1":
-        ok = bool(_R1.match(completion))
-    else:
-        ok = bool(completion.strip())
-    return Verdict(1.0 if ok else 0.0, OK if ok else WRONG, f"{template} format {'ok' if ok else 'violated'}")
+    parts = split_completion(completion, template)
+    ok = parts.well_formed
+    detail = f"{template} format ok" if ok else f"{template} format violated: {parts.note}"
+    return Verdict(1.0 if ok else 0.0, OK if ok else WRONG, detail)
 
 
 # ---------------------------------------------------------------- language consistency (§2.3.2)
@@ -50,22 +41,22 @@ _SCRIPTS.update({lang: _SCRIPTS["en"] for lang in ("fr", "de", "es", "it", "pt",
 _ANY_WORD = re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(_SCRIPTS.values())))
 
 
-def reasoning_text(completion: str) -> str:
-    """The chain of thought: the text before the last </think> (the whole text if no think block)."""
-    return completion.rsplit("</think>", 1)[0] if "</think>" in completion else completion
-
-
-def language_reward(completion: str, language: str) -> Verdict:
-    """Proportion of words of the reasoning that are in `language` (paper §2.3.2)."""
+def language_share(text: str, language: str) -> tuple[int, int]:
+    """(words of `text` in `language`, all words of `text`). Raises ItemError for an unknown language."""
     if not isinstance(language, str) or language not in _SCRIPTS:
         raise ItemError(f"meta.language {language!r} not supported; choose from {sorted(_SCRIPTS)}")
-    text = re.sub(r"\\[A-Za-z]+", " ", reasoning_text(completion))  # LaTeX commands are not words
-    words = _ANY_WORD.findall(text)
-    if not words:
-        return Verdict(0.0, NO_ANSWER, "no words in the reasoning")
+    words = _ANY_WORD.findall(re.sub(r"\\[A-Za-z]+", " ", text))  # LaTeX commands are not words
     target = re.compile(_SCRIPTS[language])
-    hits = sum(1 for w in words if target.fullmatch(w))
-    return Verdict(hits / len(words), OK, f"{hits}/{len(words)} words in {language}")
+    return sum(1 for w in words if target.fullmatch(w)), len(words)
+
+
+def language_reward(completion: str, language: str, template: str = "chat") -> Verdict:
+    """Proportion of words of the reasoning region (`split_completion`) that are in `language` (paper
+    section 2.3.2). The default template "chat" reads the text before the last </think>."""
+    hits, total = language_share(split_completion(completion, template).reasoning, language)
+    if not total:
+        return Verdict(0.0, NO_ANSWER, "no words in the reasoning")
+    return Verdict(hits / total, OK, f"{hits}/{total} words in {language}")
 
 
 # ---------------------------------------------------------------- countdown (TinyZero task)
@@ -144,12 +135,11 @@ def countdown_reward(completion: str, meta: dict, template: str) -> Verdict:
         isinstance(numbers, list) and all(isinstance(n, int) for n in numbers) and isinstance(target, int)
     ):
         raise ItemError("countdown needs meta.numbers (list of int) and meta.target (int)")
-    if template == "r1_zero":
-        found = re.findall(r"<answer>(.*?)</answer>", completion, re.S)
-        answer = found[-1] if found else None
+    region = split_completion(completion, template).final
+    if template == "r1_zero" or region is None:
+        answer = region
     else:
-        region = after_reasoning(completion)
-        boxes = boxed_contents(region) if region is not None else []
+        boxes = boxed_contents(region)
         answer = boxes[-1] if boxes else None
     if answer is None or not answer.strip():
         return Verdict(0.0, NO_ANSWER, "no answer")
