@@ -9,7 +9,10 @@ the same way whichever tokenizer is behind it.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -149,3 +152,266 @@ class HFTokenizer:
 
 def _id_or_none(idx: int) -> int | None:
     return None if idx < 0 else int(idx)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A tokenizer in a directory: stored beside a stage's checkpoints, loaded by the next stage (and by
+# transformers' AutoTokenizer). Layout in docs/data.md § Tokenizer directories.
+# ---------------------------------------------------------------------------------------------------
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SENTENCEPIECE_MODEL_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = "tokenizer.json"
+_DIR_FORMAT = 1  # version of the "r1jax" record in tokenizer_config.json
+
+# Texts a SentencePiece model and its tokenizer.json conversion must encode identically before the
+# conversion is written (whitespace runs, tabs/newlines, digits, bytes outside any small vocabulary).
+_CONVERSION_PROBES = (
+    "Calculate 12 + 7 * 3 = 33.",
+    "  two leading, three trailing   ",
+    "tabs\tand\nnew\n\nlines\r\n",
+    "Unicode: wörld, 中文, emoji 🙂, math ∑ x² {braces} \\boxed{42}",
+    "<think> 1+1=2 </think> <answer> 2 </answer>",
+    "|special_token| a  b   c|special_token|x",
+    "a",
+    " ",
+)
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike, *, for_transformers: bool = True) -> None:
+    """Writes `tokenizer` into `directory` (created if needed) so that `load_tokenizer` gives the same
+    ids, and transformers' `AutoTokenizer.from_pretrained(directory)` encodes like `tokenizer.encode`.
+
+    SentencePieceTokenizer: tokenizer.model (the model itself, what r1jax loads) and, when
+    `for_transformers`, tokenizer.json converted from it (checked on probe texts before writing; an
+    unfaithful conversion raises rather than writing a tokenizer that disagrees). HFTokenizer:
+    tokenizer.json. Both: tokenizer_config.json (HF keys plus an "r1jax" record of kind, special
+    tokens and ids). Each file is written to a temporary name and renamed; tokenizer_config.json
+    comes last, and a tokenizer file of the other kind left by an earlier save is removed, so the
+    directory always describes one tokenizer.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        files = {SENTENCEPIECE_MODEL_FILE: tokenizer.model_proto}
+        if for_transformers:
+            converted = sentencepiece_to_tokenizers(tokenizer.model_proto)
+            _check_conversion(tokenizer, converted, directory)
+            files[HF_TOKENIZER_FILE] = converted.to_str().encode("utf-8")
+        piece = tokenizer._sp.id_to_piece
+        unk = _id_or_none(tokenizer._sp.unk_id())
+        record = {"kind": "sentencepiece", "model_file": SENTENCEPIECE_MODEL_FILE}
+    elif isinstance(tokenizer, HFTokenizer):
+        files = {HF_TOKENIZER_FILE: tokenizer._tok.to_str().encode("utf-8")}
+        piece = tokenizer._tok.id_to_token
+        unk = None
+        record = {"kind": "hf", "tokenizer_file": HF_TOKENIZER_FILE}
+    else:
+        raise TypeError(f"save_tokenizer: cannot save a {type(tokenizer).__name__} to {directory} "
+                        "(SentencePieceTokenizer or HFTokenizer)")
+    names = {"bos_token": None if tokenizer.bos_id is None else piece(tokenizer.bos_id),
+             "eos_token": piece(tokenizer.eos_id), "pad_token": piece(tokenizer.pad_id)}
+    record.update(format=_DIR_FORMAT, vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id,
+                  eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, **names)
+    # PreTrainedTokenizerFast reads tokenizer.json in transformers 4.x and 5.x (an alias of
+    # TokenizersBackend in 5.x); clean_up_tokenization_spaces=False keeps its decode equal to ours.
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "clean_up_tokenization_spaces": False}
+    if unk is not None:
+        config["unk_token"] = piece(unk)
+    config["r1jax"] = record
+    for name, data in files.items():
+        write_atomic(os.path.join(directory, name), data)
+    for stale in (SENTENCEPIECE_MODEL_FILE, HF_TOKENIZER_FILE):
+        if stale not in files and os.path.exists(os.path.join(directory, stale)):
+            os.remove(os.path.join(directory, stale))
+    write_atomic(os.path.join(directory, TOKENIZER_CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer `save_tokenizer` wrote into `directory`; its ids (vocab size, bos/eos/pad) are
+    checked against the record. A Hugging Face tokenizer directory without an r1jax record
+    (tokenizer.json + tokenizer_config.json, e.g. an imported checkpoint) loads as an HFTokenizer
+    with the eos/bos/pad tokens its tokenizer_config.json names."""
+    directory = os.fspath(directory)
+    config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        present = [f for f in (SENTENCEPIECE_MODEL_FILE, HF_TOKENIZER_FILE)
+                   if os.path.isfile(os.path.join(directory, f))]
+        raise FileNotFoundError(f"{directory}: no tokenizer directory: {TOKENIZER_CONFIG_FILE} is missing "
+                                f"(tokenizer files present: {present or 'none'}); write one with save_tokenizer")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    record = config.get("r1jax")
+    if record is None:
+        return _load_hf_directory(directory, config, config_path)
+    if record.get("format") != _DIR_FORMAT:
+        raise ValueError(f"{config_path}: r1jax.format={record.get('format')!r}; this r1jax reads {_DIR_FORMAT}")
+    kind = record.get("kind")
+    if kind == "sentencepiece":
+        path = os.path.join(directory, record.get("model_file", SENTENCEPIECE_MODEL_FILE))
+        try:
+            tokenizer = SentencePieceTokenizer.load(path, pad_id=record["pad_id"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: missing (named by {config_path})") from None
+        except (RuntimeError, OSError) as e:  # sentencepiece raises RuntimeError on a corrupt model
+            raise ValueError(f"{path}: not a readable SentencePiece model ({e})") from None
+    elif kind == "hf":
+        path = os.path.join(directory, record.get("tokenizer_file", HF_TOKENIZER_FILE))
+        tokenizer = HFTokenizer(_read_tokenizers_file(path, config_path), eos_token=record["eos_token"],
+                                bos_token=record["bos_token"], pad_token=record["pad_token"])
+    else:
+        raise ValueError(f"{config_path}: r1jax.kind={kind!r}; expected 'sentencepiece' or 'hf'")
+    for field in ("vocab_size", "bos_id", "eos_id", "pad_id"):
+        if getattr(tokenizer, field) != record.get(field):
+            raise ValueError(f"{config_path}: r1jax.{field}={record.get(field)!r}, but {path} gives "
+                             f"{getattr(tokenizer, field)!r} (tokenizer file replaced after saving?)")
+    return tokenizer
+
+
+def _load_hf_directory(directory: str, config: dict, config_path: str) -> HFTokenizer:
+    def token(key: str) -> str | None:
+        value = config.get(key)
+        return value.get("content") if isinstance(value, dict) else value  # AddedToken serialisation
+
+    eos = token("eos_token")
+    if eos is None:
+        raise ValueError(f"{config_path}: no eos_token (generation could never stop)")
+    tok = _read_tokenizers_file(os.path.join(directory, HF_TOKENIZER_FILE), config_path)
+    return HFTokenizer(tok, eos_token=eos, bos_token=token("bos_token"), pad_token=token("pad_token"))
+
+
+def _read_tokenizers_file(path: str, config_path: str) -> tokenizers.Tokenizer:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing (needed by {config_path})")
+    try:
+        return tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        raise ValueError(f"{path}: not a readable tokenizers file ({e})") from None
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to a temporary file beside `path` and renames it over `path`, so a reader sees
+    the old file or the whole new one, never a partial write."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _check_conversion(sp: SentencePieceTokenizer, converted: tokenizers.Tokenizer, directory: str) -> None:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp.model_proto)
+    # each user-defined piece at the start, alone and glued to text: where conversions go wrong
+    user_probes = [f"{p.piece}x {p.piece} y{p.piece}" for p in proto.pieces if p.type == _SP_USER_DEFINED]
+    for text in (*_CONVERSION_PROBES, *user_probes):
+        want = sp.encode(text)
+        got = converted.encode(text, add_special_tokens=False).ids
+        if got != want or converted.decode(got, skip_special_tokens=False) != sp.decode(want):
+            raise ValueError(
+                f"{directory}: the tokenizer.json converted from this SentencePiece model encodes {text!r} as "
+                f"{got}, SentencePiece as {want} (or decodes differently); transformers would tokenise "
+                "differently. Save with for_transformers=False to write only tokenizer.model (r1jax loads "
+                "it; transformers cannot).")
+
+
+# SentencePiece ModelProto enums (sentencepiece_model.proto)
+_SP_UNIGRAM, _SP_BPE = 1, 2
+_SP_NORMAL, _SP_UNKNOWN, _SP_CONTROL, _SP_USER_DEFINED, _SP_UNUSED = 1, 2, 3, 4, 5
+
+
+def sentencepiece_to_tokenizers(model_proto: bytes) -> tokenizers.Tokenizer:
+    """A `tokenizers.Tokenizer` that encodes like the SentencePiece model (BPE or unigram), following
+    the model's own settings: the normaliser spec (precompiled charsmap, extra-whitespace removal,
+    whitespace escaping, dummy prefix), BPE merges ranked by the merged piece's score (SentencePiece
+    merges the adjacent pair whose concatenation is the best-scored piece), user-defined pieces
+    emitted whole, byte fallback. No BOS/EOS post-processor: like `encode`, nothing is added.
+
+    Exact for models without a dummy prefix (what `SentencePieceTokenizer.train` builds; checked
+    against SentencePiece on thousands of random texts in tests/data/test_tokenizer_dir.py). With a
+    dummy prefix (Llama-style models) it is transformers 5's conversion: user-defined pieces are
+    isolated by a pre-tokenizer and BPE keeps a pre-token that is a whole piece unmerged, which can
+    differ from SentencePiece on rare texts; `save_tokenizer` checks probe texts before writing.
+    Literal control-piece text ("</s>") is plain text to SentencePiece; transformers matches the
+    special tokens it knows in the text, so such strings differ there anyway.
+    """
+    from sentencepiece import sentencepiece_model_pb2  # needs protobuf (a grain/orbax dependency)
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE, Unigram
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_proto)
+    except Exception as e:  # protobuf's DecodeError
+        raise ValueError(f"sentencepiece_to_tokenizers: not a SentencePiece model ({e})") from None
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    if trainer.treat_whitespace_as_suffix:
+        raise ValueError("sentencepiece_to_tokenizers: treat_whitespace_as_suffix=true is not supported")
+    user_defined = [p.piece for p in proto.pieces if p.type == _SP_USER_DEFINED]
+    # Without a dummy prefix, user-defined pieces are added tokens matched in the normalised text
+    # (exactly SentencePiece's prefix matcher). With one, the prefix would be normalised into the
+    # added tokens' own text too, so they are split out after it by a pre-tokenizer instead.
+    isolate_user_defined = bool(user_defined) and norm.add_dummy_prefix
+    if trainer.model_type == _SP_BPE:
+        vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+        normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == _SP_NORMAL}
+        ranked = []
+        for piece, (score, idx) in normal.items():
+            for split in range(1, len(piece)):
+                left, right = piece[:split], piece[split:]
+                if left in normal and right in normal:
+                    ranked.append((-score, idx, left, right))
+        merges = [(left, right) for _, _, left, right in sorted(ranked)]
+        model = BPE(vocab=vocab, merges=merges, unk_token=trainer.unk_piece, fuse_unk=True,
+                    byte_fallback=trainer.byte_fallback, ignore_merges=isolate_user_defined)
+    elif trainer.model_type == _SP_UNIGRAM:
+        # Control, unknown and unused pieces never come out of SentencePiece's lattice; a score far
+        # below any real piece keeps Viterbi off them when their text ("<s>") appears literally.
+        never = -1e9
+        vocab = [(p.piece, never if p.type in (_SP_UNKNOWN, _SP_CONTROL, _SP_UNUSED) else p.score)
+                 for p in proto.pieces]
+        model = Unigram(vocab, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
+    else:
+        raise ValueError(f"sentencepiece_to_tokenizers: model_type={trainer.model_type} is not supported "
+                         "(BPE or unigram)")
+    tok = tokenizers.Tokenizer(model)
+    steps = []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:  # SentencePiece collapses spaces only, not other whitespace
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if norm.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if norm.add_dummy_prefix:  # SentencePiece adds "▁" even when the text starts with one; Metaspace would not
+        steps.append(normalizers.Replace(Regex(r"\A▁"), "▁▁"))
+    tok.normalizer = normalizers.Sequence(steps)
+    pre = []
+    if norm.add_dummy_prefix:
+        pre.append(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False))
+    if isolate_user_defined:
+        pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
+        pre.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
+    elif user_defined:
+        tok.add_tokens([tokenizers.AddedToken(p, normalized=True, special=False) for p in user_defined])
+    if pre:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
+    steps = [decoders.Replace("▁", " ")]
+    if trainer.byte_fallback:
+        steps.append(decoders.ByteFallback())
+    steps.append(decoders.Fuse())
+    if norm.add_dummy_prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tok.decoder = decoders.Sequence(steps)
+    return tok
