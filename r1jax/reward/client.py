@@ -1,8 +1,11 @@
 """Client side: RewardClient (batching, bounded concurrency, deadlines, retries) and start_local_server.
 
 with start_local_server(workers=4) as url:
-    batch = RewardClient([url]).score(items)
+    client = RewardClient([url])
+    batch = client.score(items)
     batch.rewards   # float32 [N] weighted sum      batch.valid  # bool [N], False = mask it
+    batch.answers   # the extracted final answer per item (None: none given, or code)
+    client.equivalence_classes([["1/2", "0.5", "3", None]])   # -> [[0, 0, 1, -1]]
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from r1jax.reward.types import INFRA_ERROR, INFRA_STATUSES, REJECTED
 class RewardServerUnavailable(RuntimeError):
     """No server answered after all retries (unreachable, overloaded or failing)."""
 
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or []  # what each attempt ran into, oldest first
+
 
 class RewardRequestError(ValueError):
     """The server refused the request as malformed (HTTP 4xx); retrying cannot help."""
@@ -40,6 +47,9 @@ class RewardBatch:
     status: list  # str per item
     valid: np.ndarray  # bool [N]; False for infrastructure failures, which the trainer masks
     details: list  # per item {"components": {...}, "details": {...}}
+    # per item, the final answer the accuracy reward read (str), or None: no answer, a hedge, a code task,
+    # or an item that timed out / failed. None on batches built by hand that did not record answers.
+    answers: list | None = None
 
 
 _RETRYABLE_HTTP = {429, 500, 502, 503, 504}
@@ -94,8 +104,10 @@ class RewardClient:
             self._rr += 1
             return self.urls[self._rr % len(self.urls)]
 
-    def _score_chunk(self, items: list[dict]) -> list[dict]:
-        body = json.dumps({"items": items}).encode()
+    def _post(self, path: str, payload: dict) -> tuple[str, dict]:
+        """POSTs with retries -> (url, decoded 200 answer). Raises RewardRequestError at once on a refusal
+        that retrying cannot fix (4xx but 429), RewardServerUnavailable when no server answered."""
+        body = json.dumps(payload).encode()
         deadline = time.monotonic() + self.timeout_s
         errors = []
         for attempt in range(self.retries + 1):
@@ -104,18 +116,13 @@ class RewardClient:
             if left <= 0:
                 break
             try:
-                status, headers, data = self._request(url, "POST", "/score", body, left)
+                status, headers, data = self._request(url, "POST", path, body, left)
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
                 errors.append(f"{url}: {type(e).__name__}: {e}")
                 wait = self.backoff_s * 2**attempt
             else:
                 if status == 200:
-                    results = json.loads(data)["results"]
-                    if len(results) != len(items):
-                        raise RewardServerUnavailable(
-                            f"{url} returned {len(results)} results for {len(items)}"
-                        )
-                    return results
+                    return url, json.loads(data)
                 msg = data[:500].decode(errors="replace")
                 if status not in _RETRYABLE_HTTP:
                     raise RewardRequestError(f"{url} refused the request (HTTP {status}): {msg}")
@@ -123,19 +130,38 @@ class RewardClient:
                 wait = float(headers.get("Retry-After", self.backoff_s * 2**attempt))
             if attempt < self.retries:
                 time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
-        if self.on_unavailable == "mask":
+        raise RewardServerUnavailable(
+            f"no reward server answered after {self.retries + 1} attempts: " + " | ".join(errors[-3:]), errors
+        )
+
+    def _score_chunk(self, items: list[dict]) -> list[dict]:
+        try:
+            url, body = self._post("/score", {"items": items})
+        except RewardServerUnavailable as e:
+            if self.on_unavailable == "raise":
+                raise
+            errors = e.errors
             return [
                 {
                     "reward": 0.0,
                     "status": REJECTED if "HTTP" in (errors[-1] if errors else "") else INFRA_ERROR,
                     "components": {},
                     "details": {"error": errors[-3:]},
+                    "answer": None,
                 }
                 for _ in items
             ]
-        raise RewardServerUnavailable(
-            f"no reward server answered after {self.retries + 1} attempts: " + " | ".join(errors[-3:])
-        )
+        results = body["results"]
+        if len(results) != len(items):
+            raise RewardServerUnavailable(f"{url} returned {len(results)} results for {len(items)}")
+        return results
+
+    def _classes_chunk(self, groups: list) -> list[list[int]]:
+        url, body = self._post("/equivalence", {"groups": groups})
+        classes = body["classes"]
+        if len(classes) != len(groups) or any(len(c) != len(g) for c, g in zip(classes, groups)):
+            raise RewardServerUnavailable(f"{url} returned classes that do not match the groups sent")
+        return classes
 
     # ---------------------------------------------------------------- public
     def score(self, items: list[dict]) -> RewardBatch:
@@ -155,7 +181,36 @@ class RewardClient:
             status=status,
             valid=np.array([s not in INFRA_STATUSES for s in status], bool),
             details=[{"components": r["components"], "details": r["details"]} for r in flat],
+            answers=[r.get("answer") for r in flat],
         )
+
+    def equivalence_classes(self, groups: list[list[str | None]]) -> list[list[int]]:
+        """Per group (e.g. the k answers of one problem), a class id per answer: equal ids = equivalent
+        under the accuracy reward's rule; ids count from 0 in order of first appearance; -1 = null.
+
+        Groups are sent whole, several per request up to batch_size answers, max_concurrency requests in
+        flight. Errors as score(): RewardRequestError for a malformed request (names the group and
+        answer), RewardServerUnavailable when no server answered -- also with on_unavailable="mask",
+        since a class id has no masked form and a vote over guessed classes would be a wrong number.
+        """
+        if not isinstance(groups, list):
+            raise TypeError(f"groups must be a list of lists of answers, got {type(groups).__name__}")
+        chunks, current, size = [], [], 0
+        for group in groups:
+            n = len(group) if isinstance(group, (list, tuple)) else 1  # the server names a malformed group
+            if current and size + n > self.batch_size:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(group)
+            size += n
+        if current:
+            chunks.append(current)
+        if len(chunks) <= 1:
+            results = [self._classes_chunk(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=self.max_concurrency) as ex:
+                results = list(ex.map(self._classes_chunk, chunks))
+        return [classes for chunk in results for classes in chunk]
 
 
 @contextlib.contextmanager

@@ -4,6 +4,10 @@ concurrent.futures cannot kill a stuck task (sympy deep in C big-integer code ig
 signal-based timeouts only work on the main thread), so each slot is a dispatcher thread that owns
 one worker process and a pipe: send the item, poll the pipe until the item's deadline, SIGKILL +
 respawn on overrun. Sandboxed programs started by a worker die with it (parent-death signal chain).
+
+Two kinds of work item share the pool and its deadlines: scoring items (validated by scoring.check_item;
+the verdict gains the extracted final answer) and answer comparisons for /equivalence
+({"kind": "compare", "answer", "representative"}; verdict {"equal", "status", "detail"}).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import threading
 import time
 
 from r1jax.reward import sandbox
-from r1jax.reward.types import INFRA_ERROR, STATUSES, TIMEOUT
+from r1jax.reward.equivalence import COMPARE
+from r1jax.reward.types import INFRA_ERROR, OK, STATUSES, TIMEOUT
 
 CHUNK = 16  # cheap items handed to a worker per message
 SANDBOX_UID_BASE = 100_000  # slot k runs programs as uid SANDBOX_UID_BASE + k (its own RLIMIT_NPROC count)
@@ -43,6 +48,7 @@ def _worker_main(conn, limits: sandbox.Limits, plugins: tuple[str, ...]):
     # Imported here so the fork server preloads it once and workers start fast.
     import importlib
 
+    from r1jax.reward.equivalence import compare_answers, safe_final_answer
     from r1jax.reward.scoring import score_item
 
     for mod in plugins:
@@ -56,7 +62,11 @@ def _worker_main(conn, limits: sandbox.Limits, plugins: tuple[str, ...]):
             return
         for item in items:  # one message per verdict, so the slot can time each item on its own
             t0 = time.monotonic()
-            result = score_item(item, limits)
+            if item.get("kind") == COMPARE:
+                result = compare_answers(item["answer"], item["representative"])
+            else:
+                result = score_item(item, limits)
+                result["answer"] = safe_final_answer(item)
             result["service_s"] = time.monotonic() - t0
             conn.send(result)
 
@@ -79,12 +89,15 @@ class WorkerPool:
     def __init__(self, cfg: PoolConfig):
         self.cfg = cfg
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["r1jax.reward.scoring"])
+        self._ctx.set_forkserver_preload(["r1jax.reward.scoring", "r1jax.reward.equivalence"])
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.counts = collections.Counter({s: 0 for s in STATUSES})
+        self.counts = collections.Counter({s: 0 for s in STATUSES})  # scoring items by status
+        # answer comparisons (/equivalence) by status: ok (compared), timeout, infra_error
+        self.comparison_counts = collections.Counter({s: 0 for s in (OK, TIMEOUT, INFRA_ERROR)})
+        # scoring items only (a comparison is much cheaper and would hide their latency)
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)  # enqueue -> verdict
         self.service_s: collections.deque[float] = collections.deque(maxlen=10_000)  # time in the worker
         self.respawns = 0
@@ -101,7 +114,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ public
     def deadline_for(self, item: dict) -> float:
-        if item["task"] == "code" and item["weights"].get("accuracy", 0):
+        if item.get("task") == "code" and item["weights"].get("accuracy", 0):
             from r1jax.reward.codecheck import n_runs
 
             d = n_runs(item["meta"]) * (self.cfg.limits.wall_s + 0.5) + self.cfg.code_slack_s
@@ -169,12 +182,16 @@ class WorkerPool:
         self._procs[k] = None
 
     def _finish(self, job: _Job, result: dict):
+        service_s = result.pop("service_s", time.monotonic() - job.t_enqueue)
         job.result = result
         with self._lock:
             self._pending -= 1
-            self.counts[result["status"]] += 1
-            self.latencies_s.append(time.monotonic() - job.t_enqueue)
-            self.service_s.append(result.pop("service_s", time.monotonic() - job.t_enqueue))
+            if job.item.get("kind") == COMPARE:
+                self.comparison_counts[result["status"]] += 1
+            else:
+                self.counts[result["status"]] += 1
+                self.latencies_s.append(time.monotonic() - job.t_enqueue)
+                self.service_s.append(service_s)
         job.done.set()
 
     def _take_chunk(self) -> list[_Job] | None:
@@ -184,7 +201,7 @@ class WorkerPool:
         if first is None:
             return None
         chunk = [first]
-        while first.item["task"] != "code" and len(chunk) < CHUNK:
+        while first.item.get("task") != "code" and len(chunk) < CHUNK:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -193,7 +210,7 @@ class WorkerPool:
                 self._queue.put(None)
                 break
             chunk.append(job)
-            if job.item["task"] == "code":
+            if job.item.get("task") == "code":
                 break
         return chunk
 
@@ -228,7 +245,7 @@ class WorkerPool:
                 if not conn.poll(job.deadline_s):
                     self._kill(k)
                     self._finish(
-                        job, _failure(TIMEOUT, f"no verdict within {job.deadline_s:.1f}s; worker killed")
+                        job, failure(job.item, TIMEOUT, f"no verdict within {job.deadline_s:.1f}s; worker killed")
                     )
                     done += 1
                     break
@@ -239,12 +256,18 @@ class WorkerPool:
             self._kill(k)
             self._finish(
                 chunk[done],
-                _failure(INFRA_ERROR, f"worker died ({type(e).__name__}) after {time.monotonic() - t0:.2f}s"),
+                failure(
+                    chunk[done].item, INFRA_ERROR,
+                    f"worker died ({type(e).__name__}) after {time.monotonic() - t0:.2f}s",
+                ),
             )
             done += 1
         for job in chunk[done:]:  # not started when the worker was killed: back in the queue
             self._queue.put(job)
 
 
-def _failure(status: str, detail: str) -> dict:
-    return {"reward": 0.0, "status": status, "components": {}, "details": {"error": detail}}
+def failure(item: dict, status: str, detail: str) -> dict:
+    """The verdict of an item the pool had to stop (TIMEOUT) or lost with its worker (INFRA_ERROR)."""
+    if item.get("kind") == COMPARE:  # "not shown equal": the answer opens its own class
+        return {"equal": False, "status": status, "detail": detail}
+    return {"reward": 0.0, "status": status, "components": {}, "details": {"error": detail}, "answer": None}

@@ -1,8 +1,13 @@
 """The reward HTTP/JSON service (stdlib ThreadingHTTPServer; never imports jax).
 
-POST /score    {"items": [item, ...]}  ->  {"results": [{"reward", "status", "components", "details"}]}
-               in input order. 400 malformed request (message names the item and field), 413 body too
-               large, 503 + Retry-After when the bounded queue cannot take the batch.
+POST /score    {"items": [item, ...]}  ->  {"results": [{"reward", "status", "components", "details",
+               "answer"}]} in input order ("answer": the extracted final answer, or null). 400 malformed
+               request (message names the item and field), 413 body too large, 503 + Retry-After when
+               the bounded queue cannot take the batch.
+POST /equivalence  {"groups": [[answer or null, ...], ...]}  ->  {"classes": [[class id, ...], ...],
+               "comparisons", "failed_comparisons"}: per group, answers with the same id are
+               mathematically equivalent (-1 = null). Each comparison runs in the worker pool under the
+               math deadline (r1jax/reward/equivalence.py). Same refusals as /score.
 GET  /health   {"ok", "workers", "alive_workers", "queue_depth", "sandbox": {...}}
 GET  /metrics  counts by status, latency percentiles, respawns, queue depth
 
@@ -22,12 +27,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from r1jax.reward import sandbox
-from r1jax.reward.pool import Overloaded, PoolConfig, WorkerPool
+from r1jax.reward.equivalence import COMPARE, assign_classes, validate_groups
+from r1jax.reward.pool import Overloaded, PoolConfig, WorkerPool, failure
 from r1jax.reward.scoring import check_item
 from r1jax.reward.types import INFRA_ERROR, ItemError
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_ITEMS = 16_384
+MAX_ITEMS = 16_384  # scoring items, or answers over all groups of an /equivalence request
+MAX_GROUP_ANSWERS = 1024  # answers of one /equivalence group (k samples of one problem)
+QUEUE_WAIT_S = 30.0  # an /equivalence round waits this long for queue room before answering 503
 MAX_CONNECTIONS = 64
 SOCKET_TIMEOUT_S = 30.0  # a client that stops sending mid-request does not hold a thread forever
 
@@ -68,6 +76,7 @@ class RewardServer(ThreadingHTTPServer):
             "counts": dict(p.counts),
             "latency_s": _percentiles(list(p.latencies_s)),
             "service_s": _percentiles(list(p.service_s)),
+            "comparisons": dict(p.comparison_counts),
             "respawns": p.respawns,
             "worker_pids": p.worker_pids(),
             "server_pid": os.getpid(),
@@ -102,39 +111,53 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/metrics":
             self._send(200, self.server.metrics())
         else:
-            self._send(404, {"error": f"no route {self.path}; use POST /score, GET /health, GET /metrics"})
+            self._send(404, {"error": f"no route {self.path}; use POST /score, POST /equivalence, GET /health, "
+                                      "GET /metrics"})
 
     def do_POST(self):
-        if self.path != "/score":
-            self._send(404, {"error": f"no route {self.path}; use POST /score"})
+        routes = {"/score": self._score, "/equivalence": self._equivalence}
+        if self.path not in routes:
+            self._send(404, {"error": f"no route {self.path}; use POST /score or POST /equivalence"})
             return
         if not self.server.connections.acquire(blocking=False):
             self._send(503, {"error": "too many concurrent requests"}, {"Retry-After": "1"})
             self.close_connection = True
             return
         try:
-            self._score()
+            body = self._read_body()
+            if body is not None:
+                routes[self.path](body)
         finally:
             self.server.connections.release()
 
-    def _score(self):
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering (411 / 413) or losing the client."""
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._send(411, {"error": "Content-Length header required"})
             self.close_connection = True
-            return
+            return None
         if length > MAX_BODY_BYTES:
             self._send(413, {"error": f"body of {length} bytes exceeds {MAX_BODY_BYTES}"})
             self.close_connection = True
-            return
+            return None
         try:
             body = self.rfile.read(length)
             if len(body) < length:
                 raise ConnectionError("client sent fewer bytes than Content-Length")
         except (TimeoutError, ConnectionError, OSError):
             self.close_connection = True  # disconnected mid-request: nothing was queued
-            return
+            return None
+        return body
+
+    def _refuse_malformed(self, e: Exception):
+        if isinstance(e, (ValueError, RecursionError)):  # JSONDecodeError and ItemError are ValueErrors
+            self._send(400, {"error": str(e)[:2000]})
+        else:  # a validator surprised by odd input: still the client's fault
+            self._send(400, {"error": f"malformed request: {type(e).__name__}: {e}"[:2000]})
+
+    def _score(self, body: bytes):
         try:
             payload = json.loads(body)
             items = payload.get("items") if isinstance(payload, dict) else None
@@ -143,11 +166,8 @@ class _Handler(BaseHTTPRequestHandler):
             if len(items) > MAX_ITEMS:
                 raise ItemError(f"{len(items)} items exceed the per-request limit {MAX_ITEMS}")
             checked = [check_item(it, k) for k, it in enumerate(items)]
-        except (ValueError, RecursionError) as e:  # JSONDecodeError and ItemError are ValueErrors
-            self._send(400, {"error": str(e)[:2000]})
-            return
-        except Exception as e:  # noqa: BLE001 - a validator surprised by odd input: still the client's fault
-            self._send(400, {"error": f"malformed request: {type(e).__name__}: {e}"[:2000]})
+        except Exception as e:  # noqa: BLE001 - any validation failure is the client's (400), never a 500
+            self._refuse_malformed(e)
             return
         try:
             jobs = self.server.pool.submit_batch(checked)
@@ -158,17 +178,47 @@ class _Handler(BaseHTTPRequestHandler):
         for job in jobs:
             # the pool enforces each item's deadline; this bound only guards against a pool bug
             if not job.done.wait(job.deadline_s * 4 + 60):
-                results.append(
-                    {
-                        "reward": 0.0,
-                        "status": INFRA_ERROR,
-                        "components": {},
-                        "details": {"error": "pool did not answer"},
-                    }
-                )
+                results.append(failure(job.item, INFRA_ERROR, "pool did not answer"))
             else:
                 results.append(job.result)
         self._send(200, {"results": results})
+
+    def _equivalence(self, body: bytes):
+        try:
+            groups = validate_groups(json.loads(body), MAX_ITEMS, MAX_GROUP_ANSWERS)
+        except Exception as e:  # noqa: BLE001 - any validation failure is the client's (400), never a 500
+            self._refuse_malformed(e)
+            return
+        try:
+            outcome = assign_classes(groups, self._compare_many)
+        except Overloaded as e:
+            self._send(503, {"error": str(e)}, {"Retry-After": "1"})
+            return
+        self._send(200, {"classes": outcome.classes, "comparisons": outcome.comparisons,
+                         "failed_comparisons": outcome.failed})
+
+    def _compare_many(self, pairs: list[tuple[str, str]]) -> list[dict]:
+        """Runs comparisons in the worker pool (each under the math deadline), in slices that fit the
+        queue; waits up to QUEUE_WAIT_S for room, then gives up with Overloaded (-> 503)."""
+        pool = self.server.pool
+        items = [{"kind": COMPARE, "answer": a, "representative": r} for a, r in pairs]
+        step = max(1, pool.cfg.max_queue // 2)
+        verdicts = []
+        for start in range(0, len(items), step):
+            give_up = time.monotonic() + QUEUE_WAIT_S
+            while True:
+                try:
+                    jobs = pool.submit_batch(items[start : start + step])
+                    break
+                except Overloaded:
+                    if time.monotonic() > give_up:
+                        raise
+                    time.sleep(0.05)
+            for job in jobs:
+                # the pool enforces each comparison's deadline; this bound only guards against a pool bug
+                done = job.done.wait(job.deadline_s * 4 + 60)
+                verdicts.append(job.result if done else failure(job.item, INFRA_ERROR, "pool did not answer"))
+        return verdicts
 
 
 def build_server(host: str, port: int, cfg: PoolConfig, require_sandbox: bool = False) -> RewardServer:
