@@ -21,7 +21,7 @@ import re
 import secrets
 
 from r1jax.reward import sandbox
-from r1jax.reward.mathcheck import after_reasoning
+from r1jax.reward.mathcheck import split_completion
 from r1jax.reward.types import (
     NO_ANSWER,
     OK,
@@ -88,16 +88,18 @@ _r1jax_harness()
 
 
 def extract_code(completion: str, template: str) -> str | None:
-    """The last fenced code block after the reasoning (inside <answer> for the R1-Zero template)."""
-    if template == "r1_zero":
-        found = re.findall(r"<answer>(.*?)</answer>", completion, re.S)
-        region = found[-1] if found else None
-    else:
-        region = after_reasoning(completion)
+    """The last fenced code block of the completion's final region (`split_completion(...).final`): the
+    last <answer> block for "r1_zero", the summary after the second |special_token| for "r1", the text
+    after the last </think> for "chat" (and for "r1" without markers). A block in the reasoning never
+    counts. None when there is no such block. Raises ItemError for an unknown template."""
+    region = split_completion(completion, template).final
     if region is None:
         return None
     blocks = _FENCE.findall(region)
     return blocks[-1] if blocks else None
+
+
+_WHERE = {"r1_zero": "in the <answer> block", "r1": "in the summary", "chat": "after the reasoning"}
 
 
 def _failure_status(r: sandbox.RunResult) -> str:
@@ -172,7 +174,7 @@ def verify_code(completion: str, meta: dict, template: str, limits: sandbox.Limi
     tests = parse_tests(meta)
     code = extract_code(completion, template)
     if code is None or not code.strip():
-        return Verdict(0.0, NO_ANSWER, "no ```python``` block after the reasoning")
+        return Verdict(0.0, NO_ANSWER, f"no ```python``` block {_WHERE[template]}")
     if len(code) > MAX_CODE_CHARS:
         return Verdict(0.0, RESOURCE_LIMIT, f"program longer than {MAX_CODE_CHARS} characters")
     source = meta.get("prefix", "") + code

@@ -27,7 +27,7 @@ import dataclasses
 import traceback
 from collections.abc import Callable
 
-from r1jax.reward import mathcheck
+from r1jax.reward import mathcheck, textrewards
 from r1jax.reward.types import INFRA_ERROR, OK
 
 COMPARE = "compare"  # the "kind" of a pool work item that compares two answers (scoring items have none)
@@ -42,22 +42,15 @@ def final_answer(item: dict) -> str | None:
     """The extracted final answer of a validated scoring item, as the accuracy reward reads it.
 
     math: `mathcheck.extract_answer`; a hedge (several different boxed answers) is None, since it names
-    no single answer. countdown: the answer expression (text before a "=", as the countdown reward
-    parses it). code and none: None (a program is not an answer one can vote on).
+    no single answer. countdown: `textrewards.countdown_answer`, the expression the countdown reward
+    parses (text before a "="). code and none: None (a program is not an answer one can vote on).
     """
     completion, template = item["completion"], item["template"]
     if item["task"] == "math":
         answer, _ = mathcheck.extract_answer(completion, template)
         return None if answer == HEDGE else answer
-    if item["task"] == "countdown":  # the same regions as textrewards.countdown_reward reads
-        region = mathcheck.split_completion(completion, template).final
-        if template == "r1_zero" or region is None:
-            answer = region
-        else:
-            boxes = mathcheck.boxed_contents(region)
-            answer = boxes[-1] if boxes else None
-        expression = answer.split("=")[0].strip() if answer is not None else ""
-        return expression or None
+    if item["task"] == "countdown":
+        return textrewards.countdown_answer(completion, template)  # what countdown_reward grades
     return None
 
 

@@ -127,6 +127,21 @@ def _cd_parse(expr: str) -> tuple[Fraction, list[int]]:
     return value, used
 
 
+def countdown_answer(completion: str, template: str) -> str | None:
+    """The countdown answer expression, as `countdown_reward` grades it and the server reports it.
+
+    Read from the final region of `split_completion`: the whole last <answer> block for "r1_zero", the
+    last \\boxed{...} of the summary for "r1" (of the text after the last </think> for "chat"); a box in
+    the reasoning never counts. Text from the first "=" on is dropped ("(6-2)*25 = 100" -> "(6-2)*25").
+    None when there is no answer or the expression is blank. Raises ItemError for an unknown template."""
+    region = split_completion(completion, template).final
+    if region is not None and template != "r1_zero":
+        boxes = boxed_contents(region)
+        region = boxes[-1] if boxes else None
+    expression = region.split("=")[0].strip() if region is not None else ""
+    return expression or None
+
+
 def countdown_reward(completion: str, meta: dict, template: str) -> Verdict:
     """1 if the answer is an expression that uses each given number exactly once (TinyZero's rule;
     meta["use_all"] = False relaxes it to at most once) and evaluates to meta["target"]."""
@@ -135,15 +150,9 @@ def countdown_reward(completion: str, meta: dict, template: str) -> Verdict:
         isinstance(numbers, list) and all(isinstance(n, int) for n in numbers) and isinstance(target, int)
     ):
         raise ItemError("countdown needs meta.numbers (list of int) and meta.target (int)")
-    region = split_completion(completion, template).final
-    if template == "r1_zero" or region is None:
-        answer = region
-    else:
-        boxes = boxed_contents(region)
-        answer = boxes[-1] if boxes else None
-    if answer is None or not answer.strip():
+    expr = countdown_answer(completion, template)
+    if expr is None:
         return Verdict(0.0, NO_ANSWER, "no answer")
-    expr = answer.split("=")[0]
     try:
         value, used = _cd_parse(expr)
     except ValueError as e:
@@ -156,4 +165,4 @@ def countdown_reward(completion: str, meta: dict, template: str) -> Verdict:
     if meta.get("use_all", True) and pool:
         return Verdict(0.0, WRONG, f"numbers {pool} unused")
     ok = value == target
-    return Verdict(1.0 if ok else 0.0, OK if ok else WRONG, f"{expr.strip()} = {value}")
+    return Verdict(1.0 if ok else 0.0, OK if ok else WRONG, f"{expr} = {value}")

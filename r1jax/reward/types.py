@@ -42,7 +42,8 @@ class Verdict:
 
 
 def validate_item(item: Any, index: int) -> dict:
-    """Checks one request item and fills defaults; raises ItemError naming the row and field."""
+    """Checks one request item and fills defaults ('template' has none: it is required); raises ItemError
+    naming the row and field."""
     where = f"item {index}"
     if not isinstance(item, dict):
         raise ItemError(f"{where}: expected an object, got {type(item).__name__}")
@@ -61,7 +62,13 @@ def validate_item(item: Any, index: int) -> dict:
     meta = item.get("meta") or {}
     if not isinstance(meta, dict):
         raise ItemError(f"{where}: field 'meta' must be an object")
-    template = item.get("template", "r1")
+    if "template" not in item:  # no default: a wrong guess would silently score the format (and answers) 0
+        raise ItemError(
+            f"{where}: missing field 'template'; one of {TEMPLATES} (the layout the completion was "
+            "generated in: 'r1_zero' = </think> <answer>...</answer>, 'r1' = |special_token| reasoning "
+            "|special_token| summary, 'chat' = no structure, answer after the last </think>)"
+        )
+    template = item["template"]
     if template not in TEMPLATES:
         raise ItemError(f"{where}: field 'template' is {template!r}; expected one of {TEMPLATES}")
     weights = item.get("weights") or dict(DEFAULT_WEIGHTS)

@@ -22,6 +22,7 @@ def stdio_item(program: str, expected: str = "ok", stdin: str = "") -> dict:
     return {
         "completion": completion,
         "task": "code",
+        "template": "chat",
         "meta": {"tests": {"type": "stdio", "cases": [{"input": stdin, "output": expected}]}},
     }
 
@@ -29,7 +30,7 @@ def stdio_item(program: str, expected: str = "ok", stdin: str = "") -> dict:
 def assert_item(program: str, entry: str, test: str) -> dict:
     completion = f"<think>plan</think>\n{FENCE}python\n{program}\n{FENCE}"
     meta = {"tests": {"type": "assert", "program": test}, "entry_point": entry}
-    return {"completion": completion, "task": "code", "meta": meta}
+    return {"completion": completion, "task": "code", "template": "chat", "meta": meta}
 
 
 CHECK_ADD = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
@@ -129,19 +130,20 @@ PROGRAMS = {
         {"ok"},
     ),
     "megabyte_completion_math": (
-        {"completion": "word " * 200_000 + "</think> \\boxed{3}", "task": "math", "answer": "3"},
+        {"completion": "word " * 200_000 + "</think> \\boxed{3}", "task": "math", "answer": "3", "template": "chat"},
         {"ok"},
     ),
     "megabyte_of_braces": (
-        {"completion": "</think> \\boxed{" * 100_000, "task": "math", "answer": "3"},
+        {"completion": "</think> \\boxed{" * 100_000, "task": "math", "answer": "3", "template": "chat"},
         {"no_answer", "wrong"},
     ),
     "sympy_bomb_power": (
-        {"completion": "</think> \\boxed{9^{9^{9^{9}}}}", "task": "math", "answer": "1"},
+        {"completion": "</think> \\boxed{9^{9^{9^{9}}}}", "task": "math", "answer": "1", "template": "chat"},
         {"wrong"},
     ),
     "sympy_bomb_simplify": (
-        {"completion": "</think> \\boxed{(x^2+2x+1)^{400}}", "task": "math", "answer": "(x+1)^{800}"},
+        {"completion": "</think> \\boxed{(x^2+2x+1)^{400}}", "task": "math", "answer": "(x+1)^{800}",
+         "template": "chat"},
         {"timeout"},
     ),
 }
@@ -220,7 +222,8 @@ def test_nothing_left_behind(adversarial_results, client):
 
 
 def test_server_still_correct_after_attacks(adversarial_results, client):
-    b = client.score([{"completion": "</think> \\boxed{\\frac{4}{8}}", "task": "math", "answer": "0.5"}])
+    item = {"completion": "</think> \\boxed{\\frac{4}{8}}", "task": "math", "answer": "0.5", "template": "chat"}
+    b = client.score([item])
     assert b.status == ["ok"] and b.rewards[0] == 1.0
 
 
@@ -264,38 +267,47 @@ def raw_request(url: str, data: bytes, headers: dict | None = None, close_early:
         (b"{not json", 400, "Expecting"),
         (b'{"items": 3}', 400, "items"),
         (b'{"items": [{"completion": "x", "task": "math", "answer": "1", "colour": 1}]}', 400, "colour"),
-        (b'{"items": [{"completion": 5, "task": "math", "answer": "1"}]}', 400, "completion"),
+        (b'{"items": [{"completion": 5, "task": "math", "answer": "1", "template": "chat"}]}', 400, "completion"),
+        (b'{"items": [{"completion": "x", "task": "math", "answer": "1"}]}', 400, "item 0: missing field 'template'"),
+        (
+            b'{"items": [{"completion": "x", "task": "math", "answer": "1", "template": "r2"}]}',
+            400,
+            "item 0: field 'template' is 'r2'",
+        ),
         (b'{"items": [{"completion": "x", "task": "chess"}]}', 400, "task"),
         (
-            b'{"items": [{"completion": "x", "task": "math", "answer": "1", "weights": {"accuracy": "a"}}]}',
+            b'{"items": [{"completion": "x", "task": "math", "answer": "1", "template": "chat", '
+            b'"weights": {"accuracy": "a"}}]}',
             400,
             "weights",
         ),
         (
-            b'{"items": [{"completion": "x", "task": "math", "answer": "1", "weights": {"nope": 1}}]}',
+            b'{"items": [{"completion": "x", "task": "math", "answer": "1", "template": "chat", '
+            b'"weights": {"nope": 1}}]}',
             400,
             "nope",
         ),
         (
-            b'{"items": [{"completion": "x", "task": "code", "meta": {"tests": {"type": "stdio"}}}]}',
+            b'{"items": [{"completion": "x", "task": "code", "template": "chat", '
+            b'"meta": {"tests": {"type": "stdio"}}}]}',
             400,
             "meta.tests",
         ),
         (
-            b'{"items": [{"completion": "x", "task": "countdown", "meta": {"numbers": [1]}}]}',
+            b'{"items": [{"completion": "x", "task": "countdown", "template": "chat", "meta": {"numbers": [1]}}]}',
             400,
             "meta.target",
         ),
-        (b'{"items": [{"completion": "ok", "task": "math", "answer": "1"}, 7]}', 400, "item 1"),
+        (b'{"items": [{"completion": "ok", "task": "math", "answer": "1", "template": "chat"}, 7]}', 400, "item 1"),
         (b"[" * 100_000 + b"]" * 100_000, 400, ""),
         (
-            b'{"items": [{"completion": "x", "task": "none", "meta": {"language": ["en"]}, '
+            b'{"items": [{"completion": "x", "task": "none", "template": "chat", "meta": {"language": ["en"]}, '
             b'"weights": {"language": 1}}]}',
             400,
             "meta.language",
         ),
         (
-            b'{"items": [{"completion": "x", "task": "code", "meta": {"tests": {"type": "assert", '
+            b'{"items": [{"completion": "x", "task": "code", "template": "chat", "meta": {"tests": {"type": "assert", '
             b'"program": "p"}, "entry_point": "f", "prefix": 3}}]}',
             400,
             "meta.prefix",
@@ -318,7 +330,7 @@ def test_oversized_and_truncated_requests(server_url, client):
     slow = json.dumps({"items": [PROGRAMS["sleep"][0]]}).encode()
     raw_request(server_url, slow, close_early=True)
     assert client.health()["ok"]
-    b = client.score([{"completion": "\\boxed{2}", "task": "math", "answer": "2"}])
+    b = client.score([{"completion": "\\boxed{2}", "task": "math", "answer": "2", "template": "chat"}])
     assert b.status == ["ok"]
 
 
@@ -340,7 +352,7 @@ def test_worker_killed_with_kill_9(server_url):
     # an item that had not started yet runs on a respawned worker and times out as usual
     assert set(b.status) <= {"infra_error", "timeout"} and "infra_error" in b.status, b.status
     assert list(b.valid) == [s != "infra_error" for s in b.status]
-    after = c.score([{"completion": "\\boxed{2}", "task": "math", "answer": "2"}] * 4)
+    after = c.score([{"completion": "\\boxed{2}", "task": "math", "answer": "2", "template": "chat"}] * 4)
     assert after.status == ["ok"] * 4
     m = c.metrics()
     assert m["alive_workers"] == m["workers"]

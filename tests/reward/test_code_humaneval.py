@@ -15,7 +15,7 @@ def code_item(program: str, problem: dict, scoring: str = "all") -> dict:
         "entry_point": problem["entry_point"],
         "scoring": scoring,
     }
-    return {"completion": completion, "task": "code", "meta": meta}
+    return {"completion": completion, "task": "code", "template": "chat", "meta": meta}
 
 
 def broken(problem: dict, k: int) -> str:

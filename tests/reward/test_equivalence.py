@@ -103,18 +103,20 @@ def test_client_raises_request_error_naming_the_field(client):
 
 
 def test_score_reports_the_extracted_answer(client):
+    chat = {"template": "chat"}
     items = [
-        {"completion": "<think>r</think> so \\boxed{\\frac{1}{2}}", "task": "math", "answer": "0.5"},
+        {"completion": "<think>r</think> so \\boxed{\\frac{1}{2}}", "task": "math", "answer": "0.5", **chat},
         {"completion": "r </think> <answer> \\boxed{7} </answer>", "task": "math", "answer": "7",
          "template": "r1_zero"},
         {"completion": "r </think> <answer>x = 4</answer>", "task": "math", "answer": "4", "template": "r1_zero"},
-        {"completion": "</think> \\boxed{1} or \\boxed{2}", "task": "math", "answer": "1"},  # hedge: no answer
-        {"completion": "<think> still thinking \\boxed{3}", "task": "math", "answer": "3"},  # open think
-        {"completion": "</think> \\boxed{(1+2)*3 = 9}", "task": "countdown",
+        {"completion": "</think> \\boxed{1} or \\boxed{2}", "task": "math", "answer": "1", **chat},  # hedge: no answer
+        {"completion": "<think> still thinking \\boxed{3}", "task": "math", "answer": "3", **chat},  # open think
+        {"completion": "</think> \\boxed{(1+2)*3 = 9}", "task": "countdown", **chat,
          "meta": {"numbers": [1, 2, 3], "target": 9}},
-        {"completion": f"</think>\n{FENCE}python\nprint(2)\n{FENCE}", "task": "code",
+        {"completion": f"</think>\n{FENCE}python\nprint(2)\n{FENCE}", "task": "code", **chat,
          "meta": {"tests": {"type": "stdio", "cases": [{"input": "", "output": "2"}]}}},
-        {"completion": "</think> \\boxed{(x+1)^{800}}", "task": "math", "answer": "(x^2+2x+1)^{400}"},  # timeout
+        {"completion": "</think> \\boxed{(x+1)^{800}}", "task": "math", "answer": "(x^2+2x+1)^{400}",  # timeout
+         **chat},
     ]
     b = client.score(items)
     assert b.status == ["ok", "ok", "ok", "wrong", "no_answer", "ok", "ok", "timeout"]
@@ -123,7 +125,7 @@ def test_score_reports_the_extracted_answer(client):
 
 def test_masked_batch_has_no_answers():
     masked = RewardClient(["http://127.0.0.1:9"], retries=0, on_unavailable="mask").score(
-        [{"completion": "\\boxed{1}", "task": "math", "answer": "1"}]
+        [{"completion": "\\boxed{1}", "task": "math", "answer": "1", "template": "chat"}]
     )
     assert masked.answers == [None] and not masked.valid.any()
 

@@ -12,19 +12,21 @@ import numpy as np
 import pytest
 
 from r1jax.reward import RewardClient, RewardRequestError, RewardServerUnavailable, start_local_server
-from r1jax.reward.textrewards import countdown_reward, format_reward, language_reward
+from r1jax.reward.textrewards import countdown_answer, countdown_reward, format_reward, language_reward
 
 FENCE = "```"
+M = "|special_token|"  # the readable-format marker (r1jax.reward.mathcheck.R1_MARKER)
 
 
 def math_item(ans: str, gold: str) -> dict:
-    return {"completion": f"<think>ok</think> \\boxed{{{ans}}}", "task": "math", "answer": gold}
+    return {"completion": f"<think>ok</think> \\boxed{{{ans}}}", "task": "math", "answer": gold, "template": "chat"}
 
 
 def code_item(program: str, cases) -> dict:
     return {
         "completion": f"</think>\n{FENCE}python\n{program}\n{FENCE}",
         "task": "code",
+        "template": "chat",
         "meta": {"tests": {"type": "stdio", "cases": [{"input": i, "output": o} for i, o in cases]}},
     }
 
@@ -33,8 +35,8 @@ POISON = [
     code_item("while True:\n    pass", [("", "1")]),
     code_item("x = bytearray(8 * 1024 ** 3)", [("", "1")]),
     code_item("while True:\n    print('x' * 100000)", [("", "1")]),
-    {"completion": "</think> \\boxed{(x^2+2x+1)^{400}}", "task": "math", "answer": "(x+1)^{800}"},
-    {"completion": "</think> \\boxed{" + "{" * 50_000, "task": "math", "answer": "1"},
+    {"completion": "</think> \\boxed{(x^2+2x+1)^{400}}", "task": "math", "answer": "(x+1)^{800}", "template": "chat"},
+    {"completion": "</think> \\boxed{" + "{" * 50_000, "task": "math", "answer": "1", "template": "chat"},
 ]
 
 
@@ -102,7 +104,25 @@ def test_unreachable_server_raises_clearly_not_hangs():
 
 def test_bad_item_is_a_clear_error(client):
     with pytest.raises(RewardRequestError, match="item 1: field 'answer'"):
-        client.score([math_item("1", "1"), {"completion": "x", "task": "math", "answer": 3}])
+        client.score([math_item("1", "1"), {"completion": "x", "task": "math", "answer": 3, "template": "chat"}])
+
+
+def test_template_is_required_not_guessed(client):
+    """No default template: the layout decides the format reward and where answers are read, so a missing
+    one is a 400 naming the field, never a silent format 0."""
+    no_template = {k: v for k, v in math_item("4", "4").items() if k != "template"}
+    missing = r"item 1: missing field 'template'; one of \('r1_zero', 'r1', 'chat'\)"
+    with pytest.raises(RewardRequestError, match=missing):
+        client.score([math_item("4", "4"), no_template])
+    with pytest.raises(RewardRequestError, match="item 0: field 'template' is None"):
+        client.score([{**no_template, "template": None}])
+    # the same <think> completion, declared: r1 reads the answer after </think> but scores the layout 0
+    weights = {"accuracy": 1.0, "format": 1.0}
+    item = {**math_item("4", "4"), "weights": weights}
+    b = client.score([item, {**item, "template": "r1"}])
+    np.testing.assert_array_equal(b.components["accuracy"], [1.0, 1.0])
+    np.testing.assert_array_equal(b.components["format"], [1.0, 0.0])
+    assert "r1 format violated: no |special_token| marker" in b.details[1]["details"]["format"]
 
 
 def test_overload_answers_503_with_retry_after():
@@ -131,20 +151,23 @@ def test_overload_answers_503_with_retry_after():
 def test_registry_rewards_and_weighted_sum(client):
     items = [
         {
-            "completion": "ok </think> \\boxed{2}",
+            "completion": f"{M} ok {M} \\boxed{{2}}",  # readable format: accuracy, format and short all 1
             "task": "math",
             "answer": "2",
+            "template": "r1",
             "weights": {"accuracy": 2.0, "format": 0.5, "short": 0.25},
         },
         {
             "completion": "</think> \\boxed{3}" + " pad" * 20,
             "task": "math",
             "answer": "2",
+            "template": "chat",
             "weights": {"accuracy": 1.0, "short": 1.0},
         },
-        {"completion": "anything", "task": "none", "weights": {"short": 1.0}},
-        {"completion": "anything", "task": "none", "weights": {"broken_user_reward": 1.0}},
+        {"completion": "anything", "task": "none", "template": "chat", "weights": {"short": 1.0}},
+        {"completion": "anything", "task": "none", "template": "chat", "weights": {"broken_user_reward": 1.0}},
     ]
+    assert len(items[0]["completion"]) < 50  # so the "short" user reward gives it 1
     b = client.score(items)
     np.testing.assert_allclose(b.rewards, [2.0 + 0.5 + 0.25, 0.0, 1.0, 0.0])
     np.testing.assert_array_equal(b.components["short"], [1.0, 0.0, 1.0, 0.0])
@@ -167,6 +190,7 @@ def test_language_and_countdown_through_the_server(client):
             "completion": "我们 先 计算 then add </think> \\boxed{2}",
             "task": "math",
             "answer": "2",
+            "template": "chat",
             "meta": {"language": "zh"},
             "weights": {"accuracy": 1.0, "language": 1.0},
         },
@@ -207,11 +231,18 @@ def test_reward_package_never_imports_jax():
         (" reason </think> </think> <answer>4</answer>", "r1_zero", False),
         (" r </think> <answer>4</answer><answer>5</answer>", "r1_zero", False),
         ("<think><think> r </think> <answer>4</answer>", "r1_zero", False),
-        ("<think>\nreasoning\n</think>\n\nSo the answer is \\boxed{4}.", "r1", True),
-        ("reasoning\n</think>\nsummary", "r1", True),
-        ("reasoning </think>   ", "r1", False),  # no readable summary
+        (f"{M}\nreasoning\n{M}\n\nSo the answer is \\boxed{{4}}.", "r1", True),
+        (f"  {M}reasoning{M}summary", "r1", True),  # leading whitespace allowed; no box needed for format
+        (f"{M} reasoning {M}   ", "r1", False),  # no readable summary
+        (f"{M} reasoning", "r1", False),  # the summary never started
+        # the old readable layout (</think> then a summary) is not the r1 format any more; chat takes it
+        ("<think>\nreasoning\n</think>\n\nSo the answer is \\boxed{4}.", "r1", False),
+        ("reasoning\n</think>\nsummary", "r1", False),
+        ("<think>\nreasoning\n</think>\n\nSo the answer is \\boxed{4}.", "chat", True),
+        ("reasoning </think>   ", "r1", False),
         ("no think block at all", "r1", False),
         ("anything", "chat", True),
+        ("   ", "chat", False),
     ],
 )
 def test_format_reward(completion, template, ok):
@@ -241,4 +272,43 @@ def test_language_reward_counts_words_of_the_reasoning_only():
 )
 def test_countdown_rule(expr, meta, score):
     m = {"numbers": [6, 2, 25], "target": 100, **meta}
-    assert countdown_reward(f"</think> \\boxed{{{expr}}}", m, "r1").score == score
+    assert countdown_reward(f"{M} try it {M} So \\boxed{{{expr}}}", m, "r1").score == score
+    assert countdown_reward(f"</think> \\boxed{{{expr}}}", m, "chat").score == score
+    assert countdown_reward(f"t </think> <answer>{expr}</answer>", m, "r1_zero").score == score
+
+
+@pytest.mark.parametrize(
+    "completion, template, answer",
+    [
+        (f"{M} maybe \\boxed{{6*25-2}} {M} So \\boxed{{(6-2)*25 = 100}}", "r1", "(6-2)*25"),
+        (f"{M} surely \\boxed{{(6-2)*25}} {M} I give up.", "r1", None),  # a box in the reasoning never counts
+        (f"{M} still thinking \\boxed{{(6-2)*25}}", "r1", None),  # the summary never started
+        (f"{M} r {M} \\boxed{{= 100}}", "r1", None),  # blank expression
+        ("<think> \\boxed{(6-2)*25} </think> nothing", "chat", None),
+        ("<think> open \\boxed{(6-2)*25}", "chat", None),
+        ("</think> \\boxed{1+2} then \\boxed{ (6-2)*25 }", "chat", "(6-2)*25"),  # the last box
+        ("r </think> <answer> (6-2)*25 </answer>", "r1_zero", "(6-2)*25"),  # the whole block, no box needed
+        ("r </think> <answer>1</answer> <answer>25*(6-2) = 100</answer>", "r1_zero", "25*(6-2)"),  # the last block
+        ("r </think> (6-2)*25", "r1_zero", None),
+    ],
+)
+def test_countdown_answer_is_what_the_reward_grades(completion, template, answer):
+    assert countdown_answer(completion, template) == answer
+    verdict = countdown_reward(completion, {"numbers": [6, 2, 25], "target": 100, "use_all": False}, template)
+    if answer is None:
+        assert verdict.status == "no_answer" and verdict.score == 0.0
+    else:
+        assert verdict.detail.startswith(f"{answer} = ")
+
+
+def test_countdown_answer_through_the_server_matches_the_function(client):
+    """/score reports countdown_answer (equivalence.final_answer uses it), not a second extraction."""
+    meta = {"numbers": [6, 2, 25], "target": 100}
+    cases = [
+        (f"{M} surely \\boxed{{(6-2)*25}} {M} So \\boxed{{25*(6-2) = 100}}", "r1"),
+        (f"{M} surely \\boxed{{(6-2)*25}} {M} no box", "r1"),
+        ("r </think> <answer>(6-2)*25</answer>", "r1_zero"),
+    ]
+    b = client.score([{"completion": c, "task": "countdown", "template": t, "meta": meta} for c, t in cases])
+    assert b.answers == [countdown_answer(c, t) for c, t in cases] == ["25*(6-2)", None, "(6-2)*25"]
+    assert b.status == ["ok", "no_answer", "ok"]
