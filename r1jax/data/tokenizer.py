@@ -156,7 +156,7 @@ def _id_or_none(idx: int) -> int | None:
 
 # ---------------------------------------------------------------------------------------------------
 # A tokenizer in a directory: stored beside a stage's checkpoints, loaded by the next stage (and by
-# transformers' AutoTokenizer). Layout in docs/data.md § Tokenizer directories.
+# transformers' AutoTokenizer). Layout in docs/checkpoints.md § Tokenizer directories.
 # ---------------------------------------------------------------------------------------------------
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
