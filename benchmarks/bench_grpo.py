@@ -65,19 +65,12 @@ def timed(step, n_warmup: int, n_steps: int, sync) -> float:
 def bench_jax(cfg, batch, args) -> dict:
     import jax
 
-    from r1jax.grpo import (
-        GRPOConfig,
-        OptimConfig,
-        TrainBatch,
-        init_train_state,
-        make_optimizer,
-        make_update_step,
-        shard_batch,
-        split_model_state,
-        train_state_shardings,
-    )
+    from r1jax.grpo import GRPOConfig, TrainBatch, make_update_step
     from r1jax.model import create_sharded
     from r1jax.parallel.mesh import MeshConfig, make_mesh
+    from r1jax.trainer.optimizer import OptimConfig, make_optimizer
+    from r1jax.trainer.state import init_train_state, shard_batch, split_model_state, train_state_shardings
+    from r1jax.trainer.step import StepConfig
 
     mesh = make_mesh(MeshConfig(fsdp=-1))
     graphdef, model_state = create_sharded(cfg, mesh, 0)
@@ -85,9 +78,9 @@ def bench_jax(cfg, batch, args) -> dict:
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-6, total_steps=1000), params)
     shardings = train_state_shardings(params, rest, optimizer, mesh)
     state = init_train_state(params, rest, optimizer, mesh, 0)
-    grpo_cfg = GRPOConfig(group_size=args.group_size, beta=0.04, logprob_chunk=args.chunk,
-                          micro_batches=args.micro_batches)
-    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, shardings)
+    grpo_cfg = GRPOConfig(group_size=args.group_size, beta=0.04)
+    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, shardings,
+                              StepConfig(logprob_chunk=args.chunk, micro_batches=args.micro_batches))
     tb = TrainBatch(tokens_bl=batch["tokens"], completion_mask_bl=batch["mask"], advantages_b=batch["adv"],
                     old_logp_bl=batch["old"], ref_logp_bl=batch["ref"])
     tb = shard_batch(tb, mesh)

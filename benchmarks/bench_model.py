@@ -39,8 +39,8 @@ def bench_r1jax(cfg, batch: int, length: int, steps: int, chunk: int) -> dict:
     from jax.sharding import PartitionSpec as P
 
     import r1jax.model as M
-    from r1jax.grpo.logprobs import token_logprobs
     from r1jax.parallel.mesh import MeshConfig, make_mesh
+    from r1jax.trainer.logprobs import token_logprobs
 
     mesh = make_mesh(MeshConfig(fsdp=-1))
     graphdef, state = M.create_sharded(cfg, mesh, rng_seed=0)

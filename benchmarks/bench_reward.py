@@ -138,12 +138,13 @@ def main():
 
     cases = math_cases(args.math_n)
     problems = list(read_problems().values())
-    math_items = [{"completion": completion(p), "task": "math", "answer": g} for p, g in cases]
+    math_items = [{"completion": completion(p), "task": "math", "answer": g, "template": "chat"} for p, g in cases]
     fence = "```"
     code_items = [
         {
             "completion": f"<think>x</think>\n{fence}python\n{p['prompt']}{p['canonical_solution']}\n{fence}",
             "task": "code",
+            "template": "chat",
             "meta": {"tests": {"type": "assert", "program": p["test"]}, "entry_point": p["entry_point"]},
         }
         for p in problems

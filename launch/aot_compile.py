@@ -1,9 +1,10 @@
 """Check that a config fits a TPU pod before booking it, on a machine without TPUs (MaxText's
 train_compile idea).
 
-The GRPO update step and the log-prob pass are lowered and compiled for the pod's topology, with
-`jax.ShapeDtypeStruct` inputs. Nothing is allocated. The script prints XLA's per-chip memory
-analysis, so you can see whether the step fits the chip's HBM.
+The GRPO update step is built through the rl stage's own config translation (`stages.rl.build`),
+then lowered and compiled for the pod's topology with `jax.ShapeDtypeStruct` inputs. Nothing is
+allocated. The script prints XLA's per-chip memory analysis, so you can see whether the step fits
+the chip's HBM.
 
     pip install --target /tmp/tpu_site "libtpu==0.0.42.*"     # the libtpu matching jax (no TPU needed)
     PYTHONPATH=/tmp/tpu_site TPU_ACCELERATOR_TYPE=v5p-2048 python launch/aot_compile.py \\
@@ -13,7 +14,6 @@ analysis, so you can see whether the step fits the chip's HBM.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -42,14 +42,16 @@ def main(argv=None) -> dict:
 
     import jax
     import jax.numpy as jnp
+    from flax import nnx
     from jax.experimental import topologies
 
     from r1jax.checkpoint import abstract_state
-    from r1jax.config_check import check_config
-    from r1jax.grpo import GRPOConfig, OptimConfig, TrainBatch, TrainState, make_optimizer, make_update_step
-    from r1jax.grpo.state import batch_sharding, train_state_shardings
-    from r1jax.model import abstract_model, get_variant, param_counts
-    from r1jax.parallel.mesh import MeshConfig, make_mesh
+    from r1jax.grpo import TrainBatch, make_update_step
+    from r1jax.model import abstract_model, param_counts
+    from r1jax.parallel.mesh import make_mesh
+    from r1jax.stages import rl
+    from r1jax.trainer.optimizer import make_optimizer
+    from r1jax.trainer.state import TrainState, batch_sharding, train_state_shardings
 
     config = _load_config(args.config)
     topo = topologies.get_topology_desc(
@@ -57,30 +59,28 @@ def main(argv=None) -> dict:
         chips_per_host_bounds=tuple(int(x) for x in args.chips_per_host.split(",")), num_slices=1,
     )
     devices = topo.devices
-    check_config(config, n_devices=len(devices))
-    mesh = make_mesh(MeshConfig(**config.mesh.to_dict()), devices=devices)
-    model_cfg = dataclasses.replace(get_variant(config.model.variant), dtype=config.model.dtype,
-                                    param_dtype=config.model.dtype, **config.model.overrides.to_dict())
+    # the stage's own translation of the config: the program compiled here is the one `r1jax rl` runs
+    spec = rl.build(config, n_devices=len(devices))
+    mesh = make_mesh(spec.mesh, devices=devices)
+    model_cfg = spec.model.resolve()
     graphdef, abstract = abstract_model(model_cfg)
-    from flax import nnx
-
     params, model_state = nnx.split_state(abstract, nnx.Param, ...)
-    grpo_cfg = GRPOConfig(**config.grpo.to_dict())
-    optimizer = make_optimizer(OptimConfig(learning_rate=config.optim.lr, warmup_steps=1, total_steps=10), params)
+    grpo_cfg = spec.grpo
+    optimizer = make_optimizer(spec.optim, params)
     state_sh = train_state_shardings(params, model_state, optimizer, mesh)
 
     like = TrainState(params=params, model_state=model_state, opt_state=jax.eval_shape(optimizer.init, params),
                       step=jax.ShapeDtypeStruct((), jnp.int32), rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
     abstract_train_state = abstract_state(state_sh, like)
-    rows = config.data.prompts_per_step * grpo_cfg.group_size
-    length = args.seq_len or config.rollout.max_prompt_len + config.rollout.max_new_tokens
+    rows = spec.prompts_per_step * grpo_cfg.group_size
+    length = args.seq_len or spec.rollout.max_prompt_len + spec.rollout.max_new_tokens
     bsh = batch_sharding(mesh)
     bl = lambda dt: jax.ShapeDtypeStruct((rows, length), dt, sharding=bsh)
     b = lambda: jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=bsh)
     batch = TrainBatch(tokens_bl=bl(jnp.int32), completion_mask_bl=bl(jnp.float32), advantages_b=b(),
                        old_logp_bl=bl(jnp.float32), ref_logp_bl=bl(jnp.float32), truncated_b=b(),
                        sampler_logp_bl=bl(jnp.float32))
-    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, state_sh)
+    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, state_sh, spec.step)
     t0 = time.time()
     with jax.set_mesh(mesh):
         lowered = update.jitted.lower(abstract_train_state, batch)

@@ -4,11 +4,10 @@ no RL prompt leaked into it, and document packing."""
 import ast
 import operator
 
-import numpy as np
 import pytest
 
 from r1jax.data import TaskSpec, load_splits, procedural
-from r1jax.data.base_corpus import CorpusConfig, generate_corpus, pack_documents, worked_solution
+from r1jax.data.base_corpus import CorpusConfig, generate_corpus, worked_solution
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
@@ -65,18 +64,3 @@ def test_corpus_excludes_rl_questions_and_has_the_asked_rates():
         answer = int(d.rsplit("<answer>", 1)[1].split("</answer>")[0])
         wrong += answer != _reference(expr)
     assert 0.2 < wrong / len(tagged) < 0.5
-
-
-def test_pack_documents_segments_positions_and_errors():
-    docs = [[5, 6, 7], [8, 9], [1, 2, 3, 4], [10]]
-    out = pack_documents(docs, 5)
-    flat = []
-    for r in range(out["tokens"].shape[0]):
-        for s in range(1, out["segment_ids"][r].max() + 1):
-            sel = out["segment_ids"][r] == s
-            np.testing.assert_array_equal(out["positions"][r][sel], np.arange(sel.sum()))
-            flat.append(out["tokens"][r][sel].tolist())
-    assert sorted(flat) == sorted(docs)
-    assert out["loss_mask"].sum() == sum(map(len, docs))
-    with pytest.raises(ValueError, match="document 1 has 6 tokens"):
-        pack_documents([[1], [1] * 6], 5)

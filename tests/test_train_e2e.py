@@ -47,9 +47,9 @@ def _final_params(workdir, step):
     """Leaves of the saved TrainState at `step`, read back with orbax (no model code involved)."""
     import orbax.checkpoint as ocp
 
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    path = os.path.join(workdir, "checkpoints", str(step), "policy")
     tree = ocp.PyTreeCheckpointer().restore(path)
-    return [np.asarray(x) for x in __import__("jax").tree.leaves(tree["train"]["params"])]
+    return [np.asarray(x) for x in __import__("jax").tree.leaves(tree["params"])]
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,29 @@ def test_kill_9_then_same_command_resumes_exactly(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "overrides, message",
     [
-        ("--config.grpo.group_sise=4", "group_sise"),
-        ("--config.grpo.group_size=1", "config.grpo.group_size"),
-        ("--config.data.prompts_per_step=3", "config.data.prompts_per_step"),
-        ("--config.reward.urls=http://127.0.0.1:9", "config.reward.urls"),
+        (["--config.grpo.group_sise=4"], "group_sise"),
+        (["--config.grpo.group_size=1"], "config.grpo.group_size"),
+        (["--config.data.prompts_per_step=3"], "config.data.prompts_per_step"),
+        (["--config.grpo.loss_agg=bogus"], "config.grpo: GRPOConfig.loss_agg"),
+        (["--config.data.template=bogus"], "config.data.template"),
+        (["--config.grpo.eps_low=5"], "config.grpo"),
+        (["--config.eval.every=0"], "config.eval: every must be >= 1"),
+        (["--config.data.task=file"], "config.data.path"),
+        (["--config.trainer.micro_batches=3"], "config.trainer.micro_batches"),
+        # an override that would do nothing on this path is an error, not silence
+        (["--config.data.path=x.jsonl"], "config.data.path: does nothing with data.task='arithmetic'"),
+        (["--config.policy.source=workdir", "--config.policy.path=/nonexistent"],
+         "config.pretrain.steps: does nothing with policy.source='workdir'"),
+        (["--config.reward.urls=http://127.0.0.1:9"], "config.reward.urls"),
     ],
 )
-def test_bad_config_fails_at_start_naming_the_field(tmp_path, override, message):
-    proc = subprocess.run(_cmd(str(tmp_path / "c"), override), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+def test_bad_config_fails_at_start_naming_the_field(tmp_path, overrides, message):
+    cmd = _cmd(str(tmp_path / "c"), *overrides)
+    if any("reward.urls" in o for o in overrides):  # reward.workers would do nothing with a fleet
+        cmd.remove("--config.reward.workers=1")
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "base"), "failed before any work was done"

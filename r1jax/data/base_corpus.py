@@ -176,39 +176,3 @@ def generate_corpus(cfg: CorpusConfig, exclude_questions: Iterable[str] = ()) ->
             continue
         docs.append(_arithmetic_doc(rng, example, cfg))
     return docs
-
-
-def pack_documents(docs_tokens: list[list[int]], seq_len: int, min_room: int = 8) -> dict[str, np.ndarray]:
-    """First-fit packing of whole documents into rows of seq_len tokens.
-
-    Returns int32 arrays [N, seq_len]: tokens (0-padded), segment_ids (1, 2, ... per document,
-    0 = padding), positions (restart at 0 per document), loss_mask (1 on every document token).
-    A row with less than `min_room` tokens free is closed, which keeps the search short (linear time
-    overall). A document longer than seq_len raises, naming its index: nothing is cut silently."""
-    rows: list[list[list[int]]] = []
-    open_rows: list[int] = []  # indices of rows with at least min_room tokens free
-    free: list[int] = []
-    for i, doc in enumerate(docs_tokens):
-        if len(doc) > seq_len:
-            raise ValueError(f"pack_documents: document {i} has {len(doc)} tokens, over seq_len={seq_len}")
-        target = next((r for r in open_rows if free[r] >= len(doc)), None)
-        if target is None:
-            rows.append([])
-            free.append(seq_len)
-            open_rows.append(len(rows) - 1)
-            target = len(rows) - 1
-        rows[target].append(doc)
-        free[target] -= len(doc)
-        if free[target] < min_room:
-            open_rows.remove(target)
-    n = len(rows)
-    out = {k: np.zeros((n, seq_len), np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-    for r, row in enumerate(rows):
-        t = 0
-        for s, doc in enumerate(row, 1):
-            out["tokens"][r, t : t + len(doc)] = doc
-            out["segment_ids"][r, t : t + len(doc)] = s
-            out["positions"][r, t : t + len(doc)] = np.arange(len(doc))
-            out["loss_mask"][r, t : t + len(doc)] = 1
-            t += len(doc)
-    return out

@@ -15,10 +15,12 @@ policy -> first-fit packing into rows of seq_len with segment ids and per-segmen
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
 import grain
+import jax
 import numpy as np
 
 from r1jax.data import templates
@@ -85,8 +87,6 @@ def make_prompt_dataset(
     """Per-process dataset of PromptBatch. Processes see disjoint shards that together cover the
     (kept) prompts; pass process_index/count explicitly to simulate hosts, default jax's."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
@@ -157,13 +157,14 @@ def collate_prompts(
 # ---------------------------------------------------------------------------------------------------
 
 _TRUNCATION = ("truncate", "skip", "fail")
+RAW_TEXT = "raw"  # SFT template for pretraining: example["text"] as it is, loss on every token
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTPipelineConfig:
     batch_size: int  # rows per process per step
     seq_len: int  # tokens per row
-    template: str = "r1"
+    template: str = "r1"  # a prompt template (templates.TEMPLATES), or RAW_TEXT for free text
     seed: int = 0
     shuffle: bool = True
     num_epochs: int | None = 1
@@ -178,11 +179,16 @@ class SFTPipelineConfig:
     def __post_init__(self):
         if self.truncation not in _TRUNCATION:
             raise ValueError(f"SFTPipelineConfig.truncation={self.truncation!r}; choose one of {_TRUNCATION}")
-        templates.render_prompt(self.template, "")
+        if self.template != RAW_TEXT:
+            templates.render_prompt(self.template, "")
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["tokens_bl", "loss_mask_bl", "segment_ids_bl", "positions_bl"], meta_fields=[])
 @dataclasses.dataclass
 class SFTBatch:
+    """One SFT batch; a pytree, so it is sharded and fed to the jitted step as it is."""
+
     tokens_bl: np.ndarray  # int32 [B, L]; pad_id after the last segment
     loss_mask_bl: np.ndarray  # int32 [B, L]: 1 where tokens_bl[b, t] is a response token (a target)
     segment_ids_bl: np.ndarray  # int32 [B, L]: 1, 2, ... per packed example; 0 = padding
@@ -200,12 +206,19 @@ class SFTStats:
 def tokenize_sft(tokenizer: Tokenizer, cfg: SFTPipelineConfig, example: dict, row: int = 0) -> dict | None:
     """{"tokens", "loss_mask", "truncated"}, or None when the example is skipped (see truncation).
     The prompt and the response are tokenised separately, so the mask boundary is exact."""
+    if cfg.template == RAW_TEXT:
+        if not isinstance(example.get("text"), str):
+            raise example_error(example, row, f"text example {example.get('id')!r} has no text field 'text'")
+        example = {**example, "question": "", "response": example["text"]}
     for field in ("question", "response"):
         if not isinstance(example.get(field), str):
             reason = f"SFT example {example.get('id')!r} has no text field {field!r}"
             raise example_error(example, row, reason)
-    prompt, response = templates.render_example(cfg.template, example["question"], example["response"])
-    prompt_ids = tokenizer.encode(prompt)
+    if cfg.template == RAW_TEXT:
+        prompt, response = "", example["response"]
+    else:
+        prompt, response = templates.render_example(cfg.template, example["question"], example["response"])
+    prompt_ids = tokenizer.encode(prompt) if prompt else []
     if cfg.add_bos:
         prompt_ids = [_bos(tokenizer)] + prompt_ids
     response_ids = tokenizer.encode(response) + ([tokenizer.eos_id] if cfg.add_eos else [])
@@ -235,8 +248,6 @@ def make_sft_dataset(
     """Per-process dataset of SFTBatch (an IterDataset: packing consumes a variable number of
     examples per row; its iterator state is still a JSON-able dict)."""
     if process_index is None or process_count is None:
-        import jax
-
         process_index, process_count = jax.process_index(), jax.process_count()
     stats = SFTStats()
     pad_id, L = tokenizer.pad_id, cfg.seq_len
@@ -262,7 +273,12 @@ def make_sft_dataset(
                                "segment_ids": r["tokens_segment_ids"], "positions": r["tokens_positions"]})
     else:
         ds = ds.map(lambda r: _pad_row(r, L, pad_id))
-    ds = ds.batch(cfg.batch_size, drop_remainder=False, batch_fn=_collate_sft)
+    # the last batch is topped up with empty rows (segment 0, no loss): every batch has the same shape,
+    # one compiled step, rows that divide the mesh
+    ds = ds.batch(cfg.batch_size, drop_remainder=False,
+                  batch_fn=lambda rows: _collate_sft(list(rows) + [_pad_row({"tokens": np.zeros(0, np.int32),
+                                                                            "loss_mask": np.zeros(0, np.int32)},
+                                                                           L, pad_id)] * (cfg.batch_size - len(rows))))
     return ds, stats
 
 

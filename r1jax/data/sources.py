@@ -116,3 +116,16 @@ def _jsonable(x):
     if hasattr(x, "item"):
         return x.item()
     return x
+
+
+def load_benchmark(spec: TaskSpec) -> list[dict]:
+    """A problem set evaluated *whole*: the bundled sets and a file entirely (the file's eval_path
+    if given), a procedural or reasoning-gym task's held-out split of n_eval problems."""
+    if spec.task in _BUNDLED:
+        return _BUNDLED[spec.task]()
+    if spec.task == "file":
+        if not spec.path and not spec.eval_path:
+            raise ValueError("TaskSpec(task='file') needs path")
+        examples, _ = readers.read_file(spec.eval_path or spec.path, spec.fields, spec.on_error)
+        return examples
+    return load_splits(dataclasses.replace(spec, n_train=1))[1]

@@ -12,12 +12,13 @@ import io
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 import tokenizers
+
+from r1jax.fileio import write_atomic
 
 # Tags of the R1 templates; as user-defined symbols of a trained SentencePiece model they become
 # single tokens, so format rewards and stop strings see whole tags.
@@ -290,23 +291,6 @@ def _read_tokenizers_file(path: str, config_path: str) -> tokenizers.Tokenizer:
         return tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
         raise ValueError(f"{path}: not a readable tokenizers file ({e})") from None
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path` and renames it over `path`, so a reader sees
-    the old file or the whole new one, never a partial write."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _check_conversion(sp: SentencePieceTokenizer, converted: tokenizers.Tokenizer, directory: str) -> None:

@@ -1,27 +1,17 @@
-"""r1jax.grpo: ④ advantages and ⑤ the GRPO update (log-probs, loss variants, optimizer, jitted step).
+"""r1jax.grpo: the maths of ④ advantages and ⑤ the GRPO objective (loss variants, dynamic sampling),
+on the trainer core's one jitted step (r1jax.trainer).
 
 See docs/grpo.md for the variants and the default, docs/contracts.md § GRPO for the interface.
 """
 
-from r1jax.grpo.advantages import advantages, dynamic_sampling_keep, zero_variance_fraction
+from r1jax.grpo.advantages import advantages, dynamic_sampling_keep, informative_groups, zero_variance_fraction
+from r1jax.grpo.batch import TrainBatch, validate_batch
 from r1jax.grpo.config import GRPOConfig
-from r1jax.grpo.logprobs import token_logprobs, token_logprobs_and_entropy
+from r1jax.grpo.dynamic_sampling import fill_informative_groups
 from r1jax.grpo.loss import grpo_loss
-from r1jax.grpo.optimizer import OptimConfig, make_optimizer
-from r1jax.grpo.state import (
-    TrainBatch,
-    TrainState,
-    init_train_state,
-    shard_batch,
-    split_model_state,
-    train_state_shardings,
-    validate_batch,
-)
-from r1jax.grpo.step import check_finite, make_logprob_fn, make_update_step, step_key
+from r1jax.grpo.step import grpo_objective, make_update_step
 
 __all__ = [
-    "GRPOConfig", "OptimConfig", "TrainBatch", "TrainState", "advantages", "check_finite",
-    "dynamic_sampling_keep", "grpo_loss", "init_train_state", "make_logprob_fn", "make_optimizer",
-    "make_update_step", "shard_batch", "split_model_state", "step_key", "token_logprobs",
-    "token_logprobs_and_entropy", "train_state_shardings", "validate_batch", "zero_variance_fraction",
+    "GRPOConfig", "TrainBatch", "advantages", "dynamic_sampling_keep", "fill_informative_groups", "grpo_loss",
+    "grpo_objective", "informative_groups", "make_update_step", "validate_batch", "zero_variance_fraction",
 ]

@@ -46,11 +46,7 @@ class GRPOConfig:
     max_completion_len: int | None = None
     """Constant normaliser length for "dr_grpo"; None = the batch's padded length L (constant per run)."""
 
-    logprob_chunk: int = 128
-    """Sequence positions per chunk in the log-prob pass; only [B, chunk, V] logits exist at once."""
 
-    micro_batches: int = 1
-    """Gradient accumulation: the batch is split into this many micro-batches inside the jitted step."""
 
     mu: int = 1
     """μ: optimizer steps per rollout batch. π_old stays the sampling policy for all μ of them."""
@@ -58,9 +54,6 @@ class GRPOConfig:
     adv_eps: float = 1e-6
     """Added to the std in eq. 3 (tied groups are zeroed exactly, independent of this)."""
 
-    router_bias_rate: float = 1e-3
-    """γ: step size of the MoE aux-loss-free router-bias update (DeepSeek-V3); 0 = off. (The optional
-    sequence-wise balance loss enters the GRPO loss with its α from ModelConfig.seq_aux_alpha.)"""
 
     def __post_init__(self):
         if self.loss_agg not in LOSS_AGGS:
@@ -77,8 +70,7 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.dual_clip_c must be > 1 (or None), got {self.dual_clip_c}")
         if self.beta < 0:
             raise ValueError(f"GRPOConfig.beta must be >= 0, got {self.beta}")
-        for name in ("logprob_chunk", "micro_batches", "mu"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mu < 1:
+            raise ValueError(f"GRPOConfig.mu must be >= 1, got {self.mu}")
         if self.max_completion_len is not None and self.max_completion_len < 1:
             raise ValueError(f"GRPOConfig.max_completion_len must be >= 1, got {self.max_completion_len}")

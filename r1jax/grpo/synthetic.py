@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from r1jax.grpo.advantages import advantages
-from r1jax.grpo.state import TrainBatch
+from r1jax.grpo.batch import TrainBatch
 
 
 def synthetic_batch(seed: int, n_prompts: int, group_size: int, length: int, vocab: int,

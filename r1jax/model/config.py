@@ -308,3 +308,20 @@ def get_variant(name: str) -> ModelConfig:
     if name not in VARIANTS:
         raise KeyError(f"unknown model variant {name!r}; known: {sorted(VARIANTS)}")
     return VARIANTS[name]
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """JSON-able dict of a ModelConfig (a stage's workdir records its policy's architecture)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict, where: str = "model config") -> ModelConfig:
+    """Inverse of config_to_dict; an unknown key (a file from a newer r1jax) is an error naming it."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown ModelConfig fields {unknown}")
+    d = dict(d)
+    if isinstance(d.get("rope_scaling"), dict):
+        d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    return ModelConfig(**d)

@@ -20,7 +20,8 @@ import uuid
 
 import jax
 
-from r1jax.data.tokenizer import Tokenizer, save_tokenizer, write_atomic
+from r1jax.data.tokenizer import Tokenizer, save_tokenizer
+from r1jax.fileio import write_atomic
 from r1jax.model.config import ModelConfig
 from r1jax.model.hf_io import save_hf
 
@@ -77,7 +78,6 @@ def _write_tokenizer_side(tmp: str, tokenizer: Tokenizer) -> None:
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     config.update(ids)
-    config.update(_legacy_rope_keys(config))
     write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode())
     write_atomic(os.path.join(tmp, GENERATION_CONFIG_FILE), (json.dumps(ids, indent=2) + "\n").encode())
 
@@ -94,16 +94,3 @@ def _replace_dir(tmp: str, directory: str) -> None:
         os.rename(old, directory)  # put the previous export back
         raise
     shutil.rmtree(old)
-
-
-def _legacy_rope_keys(config: dict) -> dict:
-    """rope_theta / rope_scaling beside save_hf's rope_parameters (transformers >= 5 layout): transformers
-    4.x reads only the legacy keys and would otherwise silently use rope_theta=10000 and no scaling.
-    transformers 5 and hf_io.load_hf read rope_parameters first, so the two never disagree."""
-    rope = dict(config.get("rope_parameters") or {})
-    if "rope_theta" not in rope:
-        return {}
-    legacy = {"rope_theta": rope.pop("rope_theta")}
-    if rope.get("rope_type", "default") != "default":
-        legacy["rope_scaling"] = {**rope, "type": rope["rope_type"]}  # "type": what transformers < 4.45 read
-    return legacy

@@ -204,7 +204,9 @@ def _rope_from_hf(hf: dict) -> tuple[float, RopeScaling]:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
-    """config.json for a ModelConfig, in the transformers >= 5 layout (rope_parameters)."""
+    """config.json for a ModelConfig: the transformers >= 5 layout (rope_parameters) plus the legacy
+    rope_theta / rope_scaling keys, which transformers 4.x reads instead (without them it silently uses
+    rope_theta=10000 and no scaling). transformers 5 and load_hf read rope_parameters first."""
     arch_class = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "deepseek_v3": "DeepseekV3ForCausalLM"}[cfg.arch]
     rope = {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_scaling.type}
@@ -225,8 +227,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "intermediate_size": cfg.mlp_dim, "rms_norm_eps": cfg.rms_eps, "rope_parameters": rope,
         "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_word_embeddings, "hidden_act": cfg.hidden_act,
-        "initializer_range": cfg.init_std, "dtype": cfg.param_dtype,
+        "initializer_range": cfg.init_std, "dtype": cfg.param_dtype, "rope_theta": cfg.rope_theta,
     }
+    if rs.type != "default":  # "type": what transformers < 4.45 read
+        hf["rope_scaling"] = {**{k: v for k, v in rope.items() if k != "rope_theta"}, "type": rs.type}
     if cfg.arch == "qwen2":
         if not cfg.qkv_bias or cfg.o_bias:
             raise ValueError("qwen2 export needs qkv_bias=True and o_bias=False (Qwen2's fixed layout)")

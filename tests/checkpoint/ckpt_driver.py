@@ -26,21 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.checkpoint import CheckpointManager, abstract_state
-from r1jax.grpo import (
-    GRPOConfig,
-    OptimConfig,
-    check_finite,
-    init_train_state,
-    make_optimizer,
-    make_update_step,
-    shard_batch,
-    split_model_state,
-    step_key,
-    train_state_shardings,
-)
+from r1jax.grpo import GRPOConfig, make_update_step
 from r1jax.grpo.synthetic import synthetic_batch
 from r1jax.model import create_sharded, get_variant
 from r1jax.parallel.mesh import MeshConfig, make_mesh
+from r1jax.trainer.optimizer import OptimConfig, make_optimizer
+from r1jax.trainer.state import init_train_state, shard_batch, split_model_state, train_state_shardings
+from r1jax.trainer.step import StepConfig, check_finite, step_key
 
 SEED = 0
 
@@ -68,13 +60,15 @@ def main(argv=None):
     optimizer = make_optimizer(opt_cfg, params)
     shardings = train_state_shardings(params, rest, optimizer, mesh)
     state = init_train_state(params, rest, optimizer, mesh, SEED)
-    grpo_cfg = GRPOConfig(group_size=4, beta=0.01, micro_batches=2, logprob_chunk=8)
-    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, shardings)
+    grpo_cfg = GRPOConfig(group_size=4, beta=0.01)
+    update = make_update_step(graphdef, grpo_cfg, optimizer, mesh, shardings,
+                              StepConfig(micro_batches=2, logprob_chunk=8))
 
     ckpt = CheckpointManager(args.dir, keep=2)
     data_state = {"next_step": 0}
     if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(None, abstract_state(shardings, like=state))
+        items, data_state = ckpt.restore(None, {"train": abstract_state(shardings, like=state)})
+        state = items["train"]
         print(json.dumps({"event": "restored", "step": int(state.step), "data": data_state}), flush=True)
     assert int(state.step) == data_state["next_step"], (int(state.step), data_state)
 
@@ -87,7 +81,7 @@ def main(argv=None):
         done = step + 1
         print(json.dumps({"event": "step", "step": done, "loss": float(metrics["loss"])}), flush=True)
         if done % args.every == 0 or done == args.steps:
-            ckpt.save(done, state, data_state={"next_step": done})
+            ckpt.save(done, {"train": state}, data_state={"next_step": done})
             if done == args.die_mid_save:
                 while not glob.glob(os.path.join(args.dir, f"{done}.orbax-checkpoint-tmp*")):
                     time.sleep(0.001)

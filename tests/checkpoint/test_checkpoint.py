@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from r1jax.checkpoint import CheckpointManager, abstract_state
-from r1jax.grpo import OptimConfig, init_train_state, make_optimizer, split_model_state, train_state_shardings
 from r1jax.model import create_sharded, get_variant
 from r1jax.parallel.mesh import MeshConfig, make_mesh
+from r1jax.trainer.optimizer import OptimConfig, make_optimizer
+from r1jax.trainer.state import init_train_state, split_model_state, train_state_shardings
 
 DRIVER = os.path.join(os.path.dirname(__file__), "ckpt_driver.py")
 
@@ -43,10 +44,11 @@ def test_save_on_mesh_a_restore_on_mesh_b(tmp_path, on_mesh_a):
     state_a = state_a.replace(step=state_a.step + 5)
     like, sh_b = _state_on(mesh_b, seed=4)  # different values, same structure
     with CheckpointManager(tmp_path, keep=2) as ckpt:
-        ckpt.save(5, state_a, data_state={"epoch": 1, "pos": [3, 4]})
+        ckpt.save(5, {"train": state_a}, data_state={"epoch": 1, "pos": [3, 4]})
         ckpt.wait_until_finished()
         target = abstract_state(sh_b, like=like)
-        restored, data = ckpt.restore(5, target)
+        restored, data = ckpt.restore(5, {"train": target})
+        restored = restored["train"]
     assert data == {"epoch": 1, "pos": [3, 4]}
     assert int(restored.step) == 5
     for a, b in zip(_leaves(state_a), _leaves(restored)):
@@ -62,15 +64,33 @@ def test_keep_n_and_missing_steps(tmp_path, on_mesh_a):
     with CheckpointManager(tmp_path, keep=2) as ckpt:
         assert ckpt.latest_step() is None
         with pytest.raises(FileNotFoundError, match="no checkpoint"):
-            ckpt.restore(None, abstract_state(sh, like=state))
+            ckpt.restore(None, {"train": abstract_state(sh, like=state)})
         for step in (1, 2, 3):
-            ckpt.save(step, state, data_state={"step": step})
+            ckpt.save(step, {"train": state}, data_state={"step": step})
         ckpt.wait_until_finished()
         assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
         with pytest.raises(FileNotFoundError, match="step 1 not in"):
-            ckpt.restore(1, abstract_state(sh, like=state))
+            ckpt.restore(1, {"train": abstract_state(sh, like=state)})
         with pytest.raises(TypeError, match="data_state"):
-            ckpt.save(4, state, data_state=[1, 2])
+            ckpt.save(4, {"train": state}, data_state=[1, 2])
+        with pytest.raises(ValueError, match="unknown items"):
+            ckpt.save(4, {"state": state})
+
+
+def test_restore_reads_only_the_items_asked_for(tmp_path, on_mesh_a):
+    """A later stage loads the `policy` item of a stage's checkpoint without knowing its optimizer."""
+    state, sh = on_mesh_a
+    policy = {"params": state.params, "model_state": state.model_state}
+    with CheckpointManager(tmp_path, keep=1) as ckpt:
+        ckpt.save(1, {"policy": policy, "train": {"opt_state": state.opt_state, "step": state.step}})
+    with CheckpointManager(tmp_path, create=False) as ckpt:
+        items, _ = ckpt.restore(1, {"policy": abstract_state(
+            {"params": sh.params, "model_state": sh.model_state}, like=policy)})
+    assert set(items) == {"policy"}
+    for a, b in zip(_leaves(policy), _leaves(items["policy"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+        CheckpointManager(tmp_path / "absent", create=False)
 
 
 def _driver(tmp_path, ckpt_dir, *extra):

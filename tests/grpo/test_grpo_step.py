@@ -9,21 +9,18 @@ import numpy as np
 import pytest
 from grpo_reference import grpo_loss_np, logprobs_np
 
-from r1jax.grpo import GRPOConfig, OptimConfig, make_optimizer
-from r1jax.grpo.state import (
-    init_train_state,
-    shard_batch,
-    split_model_state,
-    train_state_shardings,
-    validate_batch,
-)
-from r1jax.grpo.step import check_finite, make_logprob_fn, make_update_step
+from r1jax.grpo import GRPOConfig, make_update_step, validate_batch
 from r1jax.grpo.synthetic import synthetic_batch
 from r1jax.model import create_sharded, get_variant
 from r1jax.parallel.mesh import MeshConfig, make_mesh, single_device_mesh
+from r1jax.trainer.logprobs import make_logprob_fn
+from r1jax.trainer.optimizer import OptimConfig, make_optimizer
+from r1jax.trainer.state import init_train_state, shard_batch, split_model_state, train_state_shardings
+from r1jax.trainer.step import StepConfig, check_finite
 
 G, N_PROMPTS, L = 4, 2, 16
-CFG = GRPOConfig(group_size=G, beta=0.05, logprob_chunk=5, micro_batches=1, dual_clip_c=3.0)
+CFG = GRPOConfig(group_size=G, beta=0.05, dual_clip_c=3.0)
+STEP = StepConfig(logprob_chunk=5, micro_batches=1)
 OPT = OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10, clip_norm=1.0)
 
 
@@ -31,7 +28,7 @@ OPT = OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10, clip_norm=
 TINY_MOE = dataclasses.replace(get_variant("tiny_moe"), n_mtp=0, n_layers=2, seq_aux_alpha=0.01)
 
 
-def _setup(variant, mesh, cfg):
+def _setup(variant, mesh, cfg, step_cfg=STEP):
     model_cfg = TINY_MOE if variant == "tiny_moe" else get_variant(variant)
     graphdef, state = create_sharded(model_cfg, single_device_mesh(), 0)
     params, rest = split_model_state(state)
@@ -39,7 +36,7 @@ def _setup(variant, mesh, cfg):
     sh = train_state_shardings(params, rest, optimizer, mesh)
     params, rest = jax.device_put((params, rest), (sh.params, sh.model_state))
     ts = init_train_state(params, rest, optimizer, mesh, seed=0)
-    return graphdef, ts, make_update_step(graphdef, cfg, optimizer, mesh, sh), sh
+    return graphdef, ts, make_update_step(graphdef, cfg, optimizer, mesh, sh, step_cfg), sh
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,7 @@ def test_sharded_microbatched_update_equals_single_device(single, batch):
     m/sqrt(v) amplifies the relative error of near-zero gradient entries."""
     _, ts1, update1, _ = single
     mesh8 = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
-    _, ts8, update8, sh8 = _setup("tiny_dense", mesh8, dataclasses.replace(CFG, micro_batches=2))
+    _, ts8, update8, sh8 = _setup("tiny_dense", mesh8, CFG, dataclasses.replace(STEP, micro_batches=2))
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
                for x in jax.tree.leaves(ts8.params))
     ts1 = jax.tree.map(jnp.copy, ts1)
@@ -105,7 +102,7 @@ def test_sharded_microbatched_update_equals_single_device(single, batch):
 def test_recomputed_old_logp_gives_unit_ratio_and_mismatch_metric(single, batch):
     graphdef, ts, update, sh = single
     mesh = single_device_mesh()
-    logprob_fn = make_logprob_fn(graphdef, mesh, CFG.logprob_chunk, sh.params, sh.model_state)
+    logprob_fn = make_logprob_fn(graphdef, mesh, STEP.logprob_chunk, sh.params, sh.model_state)
     tokens, cmask = jnp.asarray(batch.tokens_bl), jnp.asarray(batch.completion_mask_bl)
     old = logprob_fn(ts.params, ts.model_state, tokens, cmask)
     assert float(jnp.abs(jnp.where(batch.completion_mask_bl > 0, 0.0, old)).max()) == 0.0
@@ -164,8 +161,8 @@ def test_batch_not_whole_groups_or_microbatches():
 
 def test_moe_step_updates_router_bias_and_adds_aux_loss():
     mesh = make_mesh(MeshConfig(fsdp=2, expert=4))
-    cfg = dataclasses.replace(CFG, router_bias_rate=0.01, beta=0.0)
-    graphdef, ts, update, _ = _setup("tiny_moe", mesh, cfg)
+    cfg = dataclasses.replace(CFG, beta=0.0)
+    graphdef, ts, update, _ = _setup("tiny_moe", mesh, cfg, dataclasses.replace(STEP, router_bias_rate=0.01))
     bias0 = [np.asarray(x) for x in jax.tree.leaves(ts.model_state)]
     b = synthetic_batch(3, N_PROMPTS, G, L, get_variant("tiny_moe").vocab_size)
     # the GRPO part of the loss from a forward of the same parameters, to isolate the balance loss

@@ -1,12 +1,17 @@
 """Chunked log-probs and entropies == naive full logits (float64 NumPy), values and gradients."""
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from grpo_reference import logprobs_np
 
-from r1jax.grpo.logprobs import shift_to_sequence, token_logprobs, token_logprobs_and_entropy
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "grpo"))
+from grpo_reference import logprobs_np  # noqa: E402
+
+from r1jax.trainer.logprobs import shift_to_sequence, token_logprobs, token_logprobs_and_entropy
 
 B, T, D, V = 3, 13, 8, 50
 

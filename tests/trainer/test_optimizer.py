@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.grpo.optimizer import OptimConfig, learning_rate_schedule, make_optimizer
+from r1jax.trainer.optimizer import OptimConfig, learning_rate_schedule, make_optimizer
 
 
 def _params():

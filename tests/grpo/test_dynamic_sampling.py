@@ -5,9 +5,9 @@ import dataclasses
 
 import numpy as np
 
+from r1jax.grpo import fill_informative_groups
 from r1jax.reward import RewardBatch
 from r1jax.rollout import Rollout
-from r1jax.train import fill_informative_groups
 
 G, L = 2, 3
 

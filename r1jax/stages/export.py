@@ -1,0 +1,27 @@
+"""Stage: export — a stage's checkpoint as an HF safetensors directory that transformers loads
+(config.json, model.safetensors, tokenizer files, generation_config.json), written atomically."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from flax import nnx
+
+from r1jax.model.export import export_hf
+from r1jax.parallel.mesh import MeshConfig, make_mesh
+from r1jax.trainer.config import ModelSpec, PolicySpec
+from r1jax.trainer.policy import load_policy
+
+log = logging.getLogger(__name__)
+
+
+def run(workdir: str, out_dir: str, step: int = -1, overwrite: bool = False) -> str:
+    """Exports checkpoint `step` (-1 = the latest) of the stage workdir; returns out_dir."""
+    mesh = make_mesh(MeshConfig(fsdp=-1), devices=jax.devices())
+    stored = ModelSpec()  # the architecture and dtypes are the checkpoint's own
+    policy = load_policy(PolicySpec(source="workdir", path=workdir, step=step), stored, mesh)
+    export_hf(out_dir, policy.model_cfg, nnx.merge_state(policy.params, policy.model_state), policy.tokenizer,
+              overwrite=overwrite)
+    log.info("exported %s to %s", policy.origin, out_dir)
+    return out_dir

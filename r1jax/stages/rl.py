@@ -1,0 +1,237 @@
+"""Stage: reinforcement learning with verifiable rewards (R1-Zero §2.2, R1 §2.3.2), top to bottom:
+
+  ① prompts ─▶ ② rollout ─▶ ③ reward server ─▶ ④ advantages ─▶ ⑤ GRPO update ─▶ ⑥ checkpoint
+
+`run(spec, workdir, client)`: the policy (any source: a previous stage's workdir, GGUF, HF),
+evaluation of the starting policy, the GRPO steps with periodic evaluation and checkpoints, and the
+plots. Started again on the same workdir it resumes from the last checkpoint: same parameters,
+optimizer, π_ref, data position and rng stream (rng of step s = fold_in(seed, s)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
+from r1jax.data.sources import TaskSpec, load_splits
+from r1jax.grpo import (
+    GRPOConfig,
+    TrainBatch,
+    advantages,
+    fill_informative_groups,
+    make_update_step,
+    validate_batch,
+    zero_variance_fraction,
+)
+from r1jax.metrics import plot_run, reflection_rate
+from r1jax.parallel.mesh import MeshConfig
+from r1jax.rollout.types import FINISH_LENGTH
+from r1jax.trainer import config as C
+from r1jax.trainer.evaluation import EvalSpec, Evaluator
+from r1jax.trainer.generation import Generator, RolloutSpec
+from r1jax.trainer.logprobs import make_logprob_fn
+from r1jax.trainer.optimizer import OptimConfig, make_optimizer
+from r1jax.trainer.policy import load_policy
+from r1jax.trainer.rewards import Scorer
+from r1jax.trainer.session import Session
+from r1jax.trainer.state import copy_tree, shard_batch
+from r1jax.trainer.step import StepConfig, check_finite, step_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSpec:
+    seed: int
+    mesh: MeshConfig
+    model: C.ModelSpec
+    policy: C.PolicySpec
+    task: TaskSpec
+    template: str
+    question_suffix: str
+    prompts_per_step: int
+    rollout: RolloutSpec
+    reward: C.RewardSpec
+    grpo: GRPOConfig
+    step: StepConfig
+    optim: OptimConfig
+    steps: int
+    dynamic_sampling: bool
+    dynamic_sampling_rounds: int
+    ref_refresh_every: int
+    samples_every: int
+    eval: EvalSpec
+    checkpoint_every: int
+    checkpoint_keep: int
+
+
+def build(c, n_devices: int | None = None) -> RLSpec:
+    """Every dataclass of the stage from the config, with the checks that relate sections."""
+    grpo = C.build(GRPOConfig, "grpo", **C.section(c, "grpo"))
+    rl = C.section(c, "rl")
+    C.require(rl["steps"] >= 0, "rl.steps", f"must be >= 0, got {rl['steps']}")
+    C.require(grpo.group_size >= 2, "grpo.group_size",
+              f"must be >= 2 (GRPO normalises rewards within a group), got {grpo.group_size}")
+    rollout = C.section(c, "rollout")
+    spec = RLSpec(
+        seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
+        task=C.task_spec(c, int(c.seed)), template=C.template(c), question_suffix=c.data.question_suffix,
+        prompts_per_step=c.data.prompts_per_step,
+        rollout=C.build(RolloutSpec, "rollout", **{**rollout, "stop_strings": tuple(rollout["stop_strings"]),
+                                                   "stop_token_ids": tuple(rollout["stop_token_ids"])}),
+        reward=C.reward_spec(c), grpo=grpo, step=C.step_config(c),
+        optim=C.optim_config(c, rl["steps"] * grpo.mu),
+        steps=rl["steps"], dynamic_sampling=rl["dynamic_sampling"],
+        dynamic_sampling_rounds=rl["dynamic_sampling_rounds"], ref_refresh_every=rl["ref_refresh_every"],
+        samples_every=rl["samples_every"],
+        eval=C.build(EvalSpec, "eval", **{**C.section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)}),
+        checkpoint_every=c.checkpoint.every, checkpoint_keep=c.checkpoint.keep,
+    )
+    C.require(spec.prompts_per_step >= 1, "data.prompts_per_step", f"must be >= 1, got {spec.prompts_per_step}")
+    C.require(spec.samples_every >= 1, "rl.samples_every", f"must be >= 1, got {spec.samples_every}")
+    C.require(spec.checkpoint_every >= 1, "checkpoint.every", "must be >= 1")
+    C.require(spec.checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1")
+    C.require(spec.rollout.temperature > 0, "rollout.temperature", "must be > 0 for training rollouts")
+    C.check_rows(spec.mesh, spec.prompts_per_step * grpo.group_size, spec.step.micro_batches, n_devices,
+                 "data.prompts_per_step", "prompts_per_step * grpo.group_size rollouts")
+    return spec
+
+
+def run(spec: RLSpec, workdir: str, client) -> dict:
+    with Session(workdir, spec.mesh, keep=spec.checkpoint_keep) as session:
+        history = _loop(spec, session, client)
+    if session.is_main and spec.steps > 0:
+        for path in plot_run(workdir):
+            log.info("plot: %s", path)
+    return history
+
+
+def _loop(spec: RLSpec, session: Session, client) -> dict:
+    G, mesh = spec.grpo.group_size, session.mesh
+
+    # ── setup: the policy, π_ref, the problems (held-out ones never in training) ───────────────
+    policy = load_policy(spec.policy, spec.model, mesh)
+    optimizer = make_optimizer(spec.optim, policy.params)
+    state = session.init_state(policy, optimizer, spec.seed, stage="rl", template=spec.template)
+    # π_ref: the starting policy, frozen with its router bias (refreshed every ref_refresh_every steps
+    # if > 0). Its own buffers, since the update donates the state; not kept at all when β = 0.
+    ref = copy_tree({"params": state.params, "model_state": state.model_state}) if spec.grpo.beta > 0 else None
+    state, extras, data_state = session.resume(state, {"ref": ref})
+    ref = extras["ref"]
+    train_examples, eval_examples, _ = load_splits(spec.task)
+    if spec.question_suffix:  # e.g. the R1 paper's "put your final answer within \boxed{}"
+        train_examples, eval_examples = ([{**e, "question": f"{e['question']} {spec.question_suffix}"}
+                                          for e in examples] for examples in (train_examples, eval_examples))
+
+    # ── ① prompts, ② rollout, ③ scoring, evaluation, ⑤ update: built once ───────────────────────
+    prompts = iter(make_prompt_dataset(train_examples, policy.tokenizer, PromptPipelineConfig(
+        batch_size=spec.prompts_per_step, max_prompt_len=spec.rollout.max_prompt_len, template=spec.template,
+        seed=spec.seed))[0])
+    if data_state:
+        prompts.set_state(data_state["prompts"])
+    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout)
+    train_sampling = generate.sampling(n=G)
+    score = Scorer(client, spec.template, dict(spec.reward.weights))
+    evaluate = Evaluator(generate, score, eval_examples, spec.template, spec.eval, spec.seed)
+    update = make_update_step(policy.graphdef, spec.grpo, optimizer, mesh, session.shardings, spec.step)
+    logprobs = make_logprob_fn(policy.graphdef, mesh, spec.step.logprob_chunk, session.shardings.params,
+                               session.shardings.model_state)
+
+    def rollout_and_score(batch, key):
+        t0 = time.perf_counter()
+        rollout = generate.block(generate(state.params, state.model_state, batch, train_sampling, key))
+        t1 = time.perf_counter()
+        examples = [ex for ex in batch.examples for _ in range(G)]
+        return rollout, examples, score(examples, rollout.texts), t1 - t0, time.perf_counter() - t1
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(state.params, state.model_state, step)
+        session.log_samples(step, [{"eval": True, **s} for s in result.samples])
+        return result.scalars()
+
+    if session.start_step == 0:
+        session.log(0, run_eval(0))
+    history = {}
+    bar = tqdm(range(session.start_step, spec.steps), initial=session.start_step, total=spec.steps, desc="GRPO",
+               disable=not session.is_main, mininterval=1)
+    for step in bar:
+        t0 = time.perf_counter()
+        key = step_key(state, step)
+
+        # ── ① prompts + ② rollout (G samples per prompt, rows prompt-major) + ③ rewards ─────────
+        rollout, examples, rewards, t_rollout, t_reward = rollout_and_score(next(prompts), key)
+        extra_rounds = 0
+        if spec.dynamic_sampling:  # DAPO: replace groups whose rewards all tie (no gradient)
+            draw = lambda r, key=key: rollout_and_score(next(prompts), jax.random.fold_in(key, r))[:3]
+            rollout, examples, rewards, extra_rounds = fill_informative_groups(
+                (rollout, examples, rewards), draw, G, spec.dynamic_sampling_rounds)
+        t2 = time.perf_counter()
+
+        # ── ④ advantages (eq. 3); infrastructure failures are masked, not rewarded 0 ────────────
+        adv_b = advantages(rewards.rewards, G, spec.grpo.adv_scale, rewards.valid, spec.grpo.adv_eps)
+        mask_bl = jnp.asarray(rollout.completion_mask_bl) * jnp.asarray(rewards.valid, jnp.float32)[:, None]
+
+        # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps); the
+        #    sampler's own log-probs give the sampler/trainer mismatch metric ──────────────────
+        old_logp = logprobs(state.params, state.model_state, rollout.tokens_bl, mask_bl)
+        ref_logp = (logprobs(ref["params"], ref["model_state"], rollout.tokens_bl, mask_bl)
+                    if ref is not None else jnp.zeros_like(old_logp))
+        batch = TrainBatch(
+            tokens_bl=rollout.tokens_bl, completion_mask_bl=mask_bl, advantages_b=jnp.asarray(adv_b),
+            old_logp_bl=old_logp, ref_logp_bl=ref_logp,
+            truncated_b=(rollout.finish_reason_b == FINISH_LENGTH).astype(jnp.float32),
+            sampler_logp_bl=rollout.logp_policy_bl * mask_bl,
+        )
+        validate_batch(batch, G, spec.step.micro_batches)
+        batch = shard_batch(batch, mesh)
+        for _ in range(spec.grpo.mu):
+            with jax.transfer_guard("disallow"):  # everything the step needs is already on device
+                state, step_metrics = update(state, batch)
+        step_metrics = jax.device_get(step_metrics)
+        check_finite(step_metrics, step)
+        done = step + 1
+        if ref is not None and spec.ref_refresh_every and done % spec.ref_refresh_every == 0:
+            ref = copy_tree({"params": state.params, "model_state": state.model_state})
+        t3 = time.perf_counter()
+
+        # ── what a researcher watches ───────────────────────────────────────────────────────────
+        lengths = np.asarray(rollout.completion_lens_b)
+        scalars = {
+            "reward/total": float(np.mean(rewards.rewards)),
+            **{f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()},
+            "reward/invalid_frac": float(1.0 - np.mean(rewards.valid)),
+            "rollout/length_mean": float(lengths.mean()),
+            "rollout/length_max": float(lengths.max()),
+            "rollout/truncated_frac": float(np.mean(np.asarray(rollout.finish_reason_b) == FINISH_LENGTH)),
+            "rollout/reflection_rate": reflection_rate(rollout.texts),
+            "rollout/zero_var_groups": zero_variance_fraction(rewards.rewards, G, rewards.valid),
+            **{f"grpo/{k}": float(v) for k, v in step_metrics.items()
+               if k != "kl" or spec.grpo.beta > 0},  # without π_ref (β = 0) there is no KL to show
+            "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": float(lengths.sum()) / max(t_rollout, 1e-9),
+            "rollout/dynamic_sampling_rounds": extra_rounds,
+        }
+        if spec.eval.due(done, spec.steps):
+            scalars.update(run_eval(done))
+        session.log(done, scalars)
+        if done % spec.samples_every == 0:
+            session.log_samples(done, [
+                {"question": examples[i]["question"], "completion": rollout.texts[i],
+                 "reward": float(rewards.rewards[i]), "status": rewards.status[i]}
+                for i in range(0, len(examples), G)][:4])
+        bar.set_postfix(reward=f"{scalars['reward/total']:.2f}",
+                        acc=f"{scalars.get('reward/accuracy', float('nan')):.2f}",
+                        len=f"{scalars['rollout/length_mean']:.0f}")
+
+        # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────────
+        if done % spec.checkpoint_every == 0 or done == spec.steps:
+            session.save(done, state, {"ref": ref}, data_state={"prompts": prompts.get_state()})
+        history = scalars
+    return history

