@@ -19,8 +19,8 @@ def _base() -> ConfigDict:
     c = default_sections(data=task_section(n_train=1))
     c.name = "eval"
     c.report_name = ""  # the report's file name; "" = the task's name
-    c.eval.update(dict(k=4, temperature=0.6, top_p=0.95, batch_prompts=16, pass_ks=[1]))
-    c.rollout.update(dict(max_prompt_len=1024, max_new_tokens=256, stop_strings=["</answer>"]))
+    c.eval.update(dict(k=4, temperature=0.6, top_p=0.95, batch_prompts=16, pass_ks=(1,)))
+    c.rollout.update(dict(max_prompt_len=1024, max_new_tokens=256, stop_strings=("</answer>",)))
     c.reward.weights = ConfigDict(dict(accuracy=1.0, format=0.5))
     return c
 
@@ -37,7 +37,7 @@ def _gsm8k(c: ConfigDict) -> ConfigDict:
     c.data.task = "gsm8k_test100"
     c.data.question_suffix = "Please reason step by step, and put your final answer within \\boxed{}."
     c.eval.k = 8
-    c.eval.pass_ks = [1, 8]
+    c.eval.pass_ks = (1, 8)
     return c
 
 
@@ -45,8 +45,9 @@ def _humaneval(c: ConfigDict) -> ConfigDict:
     c.name = "eval_humaneval"
     c.data.task = "humaneval"
     c.data.template = "r1_zero"
+    c.rollout.max_prompt_len = 2048  # HumanEval prompts are whole functions with docstrings
     c.reward.weights = ConfigDict(dict(accuracy=1.0))
-    c.eval.pass_ks = [1]
+    c.eval.pass_ks = (1,)
     return c
 
 

@@ -14,7 +14,8 @@ another stage's result: `--config.policy.source=workdir --config.policy.path=run
 
 from ml_collections import ConfigDict
 
-from r1jax.trainer.config import default_sections, task_section
+from r1jax.grpo.config import GRPOConfig
+from r1jax.trainer.config import config_fields, default_sections, task_section
 
 
 def _base() -> ConfigDict:
@@ -23,8 +24,7 @@ def _base() -> ConfigDict:
         # data.eval_path, data.fields map a JSONL/Parquet file's columns)
         data=task_section(),
         # ④ ⑤ GRPO: the fields of r1jax.grpo.config.GRPOConfig (docs/grpo.md)
-        grpo=dict(group_size=8, loss_agg="token_mean", adv_scale="group", eps_low=0.2, eps_high=0.28,
-                  dual_clip_c=None, beta=0.0, mask_truncated=True, max_completion_len=None, mu=1, adv_eps=1e-6),
+        grpo=config_fields(GRPOConfig),
         rl=dict(steps=200, dynamic_sampling=False, dynamic_sampling_rounds=3, ref_refresh_every=0,
                 samples_every=10),
         # The tiny base model's pretraining (only with policy.source == "pretrain"; r1jax/stages/pretrain.py)
@@ -40,7 +40,7 @@ def _base() -> ConfigDict:
     c.model.variant = "tiny_dense"
     # ② rollout (training samples; paper R1-Zero trains at T = 1)
     c.rollout.update(dict(max_prompt_len=64, max_new_tokens=48, temperature=1.0, top_p=1.0,
-                          stop_strings=["</answer>"]))
+                          stop_strings=("</answer>",)))
     # ③ rewards: weights of the reward server's components (paper §2.2.2: accuracy + format)
     c.reward.weights = ConfigDict(dict(accuracy=1.0, format=0.5))
     c.optim.update(dict(learning_rate=1e-6, warmup_steps=10, weight_decay=0.0, b2=0.99, end_lr_ratio=0.1))
@@ -76,7 +76,7 @@ def _smollm2(c: ConfigDict) -> ConfigDict:
     c.data.n_eval = 100
     c.rollout.max_prompt_len = 192
     c.rollout.max_new_tokens = 256
-    c.rollout.stop_strings = []
+    c.rollout.stop_strings = ()
     c.reward.workers = 8
     c.rl.steps = 300
     c.eval.every = 50

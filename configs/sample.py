@@ -25,7 +25,7 @@ def _base() -> ConfigDict:
             k=4,  # samples per prompt
             batch_prompts=16,
             # the readability filters of §2.3.3, by name (r1jax/data/rejection.py), applied in this order
-            filters=["mixed_language", "long_paragraph", "code_block"],
+            filters=("mixed_language", "long_paragraph", "code_block"),
             min_language_share=0.9, max_paragraph_chars=1000, allow_code_blocks=False,
             dedupe=True, max_per_prompt=0,  # 0 = no cap
             keep_incorrect=False,
@@ -34,7 +34,7 @@ def _base() -> ConfigDict:
     )
     c.name = "sample"
     c.rollout.update(dict(max_prompt_len=64, max_new_tokens=48, temperature=1.0, top_p=1.0,
-                          stop_strings=["</answer>"]))
+                          stop_strings=("</answer>",)))
     c.reward.weights = ConfigDict(dict(accuracy=1.0, format=0.5))
     return c
 

@@ -14,15 +14,15 @@ Variants:
 
 from ml_collections import ConfigDict
 
-from r1jax.trainer.config import default_sections, task_section
+from r1jax.data.readers import SFTFieldMap
+from r1jax.trainer.config import config_fields, default_sections, task_section
 
 
 def _base() -> ConfigDict:
     c = default_sections(
         data=dict(path="", eval_path="", n_heldout=0, on_error="fail", template="r1", seq_len=512, batch_size=8,
                   pack=True, truncation="truncate",
-                  fields=ConfigDict(dict(format="prompt_response", question="question", response="response",
-                                         messages="messages", id=None, keep=[]))),
+                  fields=ConfigDict(config_fields(SFTFieldMap))),
         sft=dict(epochs=2, steps=0),
         # a problem set for the paper's evaluation during SFT; task="" = held-out loss only
         eval_task=task_section(prompts=False, task="", n_train=1),
@@ -45,7 +45,7 @@ def _tiny(c: ConfigDict) -> ConfigDict:
     c.eval.every = 25
     c.eval_task.task = "arithmetic"
     c.eval_task.n_eval = 32
-    c.rollout.update(dict(max_prompt_len=96, max_new_tokens=64))
+    c.rollout.update(dict(max_prompt_len=160, max_new_tokens=64))
     c.checkpoint.every = 25
     return c
 

