@@ -155,7 +155,6 @@ def _completed_batches(path: str) -> int:
     """Batches fully written; the rows of a batch cut off by a kill are dropped and the batch redone."""
     rows = read_jsonl(path)
     complete = {r["batch"] for r in rows if r.get("batch_end")}
-    kept = [r for r in rows if r["batch"] in complete]
-    if len(kept) != len(rows):
-        write_jsonl(path, kept)
+    if os.path.exists(path):  # rewritten without a torn last line or a cut-off batch before appending
+        write_jsonl(path, [r for r in rows if r["batch"] in complete])
     return len(complete)
