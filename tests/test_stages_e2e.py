@@ -205,3 +205,34 @@ def test_eval_runs_a_bundled_benchmark_whole(runs, variant, n_problems):
     assert report["scalars"]["invalid_frac"] == 0.0  # every sample was graded (code ran in the sandbox)
     samples = _read_jsonl(root / variant / f"{name}_samples.jsonl")
     assert len(samples) == 2 * n_problems
+
+
+def test_moe_reference_keeps_its_router_bias(tmp_path):
+    """π_ref is the starting policy with its router bias: after RL steps have moved the policy's MoE
+    router bias, the checkpointed reference still holds the starting one."""
+    moe = ["--config.model.variant=tiny_moe", "--config.model.overrides.n_mtp=0",
+           "--config.model.overrides.n_layers=2"]
+    _r1jax("pretrain", f"--workdir={tmp_path / 'base'}", *moe, "--config.pretrain.steps=2",
+           "--config.pretrain.n_docs=100", "--config.pretrain.batch_size=8", "--config.pretrain.seq_len=160",
+           "--config.data.n_train=16", "--config.data.n_eval=2")
+    _r1jax("rl", f"--workdir={tmp_path / 'rl'}", "--config.policy.source=workdir",
+           f"--config.policy.path={tmp_path / 'base'}", *moe, "--config.data.n_train=16", "--config.data.n_eval=2",
+           "--config.data.prompts_per_step=2", "--config.grpo.group_size=4", "--config.rollout.max_new_tokens=8",
+           "--config.eval.k=1", "--config.rl.steps=2", "--config.grpo.beta=0.01",
+           "--config.trainer.router_bias_rate=0.01", *SERVER)
+    import jax
+    import orbax.checkpoint as ocp
+
+    def router_bias(workdir, item, *keys):
+        tree = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / "2" / item))
+        for key in keys:
+            tree = tree[key]
+        return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+    base_bias = router_bias(tmp_path / "base", "policy", "model_state")
+    ref_bias = router_bias(tmp_path / "rl", "train", "ref", "model_state")
+    policy_bias = router_bias(tmp_path / "rl", "policy", "model_state")
+    assert ref_bias and len(ref_bias) == len(base_bias) == len(policy_bias)
+    for r, b in zip(ref_bias, base_bias):
+        np.testing.assert_array_equal(r, b)
+    assert any(np.abs(p - b).max() > 0 for p, b in zip(policy_bias, base_bias)), "the policy's bias moved"

@@ -72,6 +72,9 @@ def optim_from(fields: dict, total_steps: int) -> OptimConfig:
 
 # Fields of ModelConfig that change how a loaded checkpoint runs, not what it is.
 RUNTIME_FIELDS = ("remat", "dtype", "param_dtype", "moe_impl", "seq_aux_alpha")
+# Fields a checkpoint has its own value of, whatever a variant says (the vocabulary is the tokenizer's;
+# the init scale was used once, before the checkpoint existed).
+CHECKPOINT_FIELDS = ("vocab_size", "init_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +108,7 @@ class ModelSpec:
         expected = self.resolve() if self.variant else dataclasses.replace(
             loaded, **{k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS})
         for f in dataclasses.fields(ModelConfig):
-            if f.name in (*RUNTIME_FIELDS, "vocab_size") or getattr(expected, f.name) == getattr(loaded, f.name):
+            if f.name in RUNTIME_FIELDS + CHECKPOINT_FIELDS or getattr(expected, f.name) == getattr(loaded, f.name):
                 continue
             field = f"model.overrides.{f.name}" if f.name in overrides else "model.variant"
             require(False, field, f"{f.name}={getattr(expected, f.name)!r} but the checkpoint at {where} has "
