@@ -41,14 +41,12 @@ class EvalStageSpec:
 
 
 def build(c) -> EvalStageSpec:
-    rollout = C.section(c, "rollout")
     spec = EvalStageSpec(
         seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
         task=C.task_spec(c, int(c.seed)), template=C.template(c), question_suffix=c.data.question_suffix,
-        rollout=C.build(RolloutSpec, "rollout", **{**rollout, "stop_strings": tuple(rollout["stop_strings"]),
-                                                   "stop_token_ids": tuple(rollout["stop_token_ids"])}),
+        rollout=C.rollout_spec(c),
         reward=C.reward_spec(c),
-        eval=C.build(EvalSpec, "eval", **{**C.section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)}),
+        eval=C.eval_spec(c),
         report_name=c.get("report_name", "") or c.data.task.replace(":", "_"),
     )
     C.require(dict(spec.reward.weights).get("accuracy", 0) > 0, "reward.weights.accuracy",

@@ -79,19 +79,17 @@ def build(c, n_devices: int | None = None) -> RLSpec:
     C.require(rl["steps"] >= 0, "rl.steps", f"must be >= 0, got {rl['steps']}")
     C.require(grpo.group_size >= 2, "grpo.group_size",
               f"must be >= 2 (GRPO normalises rewards within a group), got {grpo.group_size}")
-    rollout = C.section(c, "rollout")
     spec = RLSpec(
         seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
         task=C.task_spec(c, int(c.seed)), template=C.template(c), question_suffix=c.data.question_suffix,
         prompts_per_step=c.data.prompts_per_step,
-        rollout=C.build(RolloutSpec, "rollout", **{**rollout, "stop_strings": tuple(rollout["stop_strings"]),
-                                                   "stop_token_ids": tuple(rollout["stop_token_ids"])}),
+        rollout=C.rollout_spec(c),
         reward=C.reward_spec(c), grpo=grpo, step=C.step_config(c),
         optim=C.optim_config(c, rl["steps"] * grpo.mu),
         steps=rl["steps"], dynamic_sampling=rl["dynamic_sampling"],
         dynamic_sampling_rounds=rl["dynamic_sampling_rounds"], ref_refresh_every=rl["ref_refresh_every"],
         samples_every=rl["samples_every"],
-        eval=C.build(EvalSpec, "eval", **{**C.section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)}),
+        eval=C.eval_spec(c),
         checkpoint_every=c.checkpoint.every, checkpoint_keep=c.checkpoint.keep,
     )
     C.require(spec.prompts_per_step >= 1, "data.prompts_per_step", f"must be >= 1, got {spec.prompts_per_step}")

@@ -61,7 +61,6 @@ class SampleSpec:
 
 def build(c) -> SampleSpec:
     s = C.section(c, "sample")
-    rollout = C.section(c, "rollout")
     rejection = {k: s.pop(k) for k in [f.name for f in dataclasses.fields(RejectionConfig)] if k in s}
     rejection["filters"] = tuple(rejection.get("filters", ()))
     rejection["max_per_prompt"] = rejection.get("max_per_prompt") or None
@@ -69,8 +68,7 @@ def build(c) -> SampleSpec:
         seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
         task=C.task_spec(c, int(c.seed)), split=s.pop("split"), template=C.template(c),
         question_suffix=c.data.question_suffix,
-        rollout=C.build(RolloutSpec, "rollout", **{**rollout, "stop_strings": tuple(rollout["stop_strings"]),
-                                                   "stop_token_ids": tuple(rollout["stop_token_ids"])}),
+        rollout=C.rollout_spec(c),
         reward=C.reward_spec(c), k=s.pop("k"), batch_prompts=s.pop("batch_prompts"),
         rejection=C.build(RejectionConfig, "sample", **rejection), rewrite=s.pop("rewrite"),
     )
@@ -125,17 +123,7 @@ def run(spec: SampleSpec, workdir: str, client) -> dict:
     # ── keep the correct ones that pass the filters; write the SFT set ─────────────────────────
     scored = read_jsonl(scored_path)
     kept, stats = select(scored, spec.rejection)
-    out, skipped = [], {}
-    for n, s in enumerate(kept):
-        example = {"id": f"{s['prompt_id']}-s{s['sample']}", "question": s["question"], "response": s["completion"],
-                   "answer": s["answer"], "task": s["task"], "meta": {**s["meta"], "reward": s["reward"]}}
-        if spec.rewrite == "readable":
-            try:
-                example = cold_start_example(s, example["id"], path=scored_path, row=n)
-            except NotConvertible as e:
-                skipped[e.args[0]] = skipped.get(e.args[0], 0) + 1
-                continue
-        out.append(example)
+    out, skipped = sft_examples(kept, spec.rewrite, scored_path)
     summary = {
         "policy": policy.origin, "problems": len(problems), "k": spec.k, "samples": len(scored),
         "pass@1": float(np.mean([s["correct"] for s in scored])) if scored else 0.0,
@@ -149,6 +137,24 @@ def run(spec: SampleSpec, workdir: str, client) -> dict:
     log.info("rejection sampling: %d samples -> %d kept -> %d written to %s (train with data.template=%r)",
              len(scored), stats.kept, len(out), summary["sft_data"], summary["template"])
     return summary
+
+
+def sft_examples(kept: list[dict], rewrite: str, source: str) -> tuple[list[dict], dict[str, int]]:
+    """Kept samples -> SFT rows {id, question, response, answer, task, meta} and the rewrite's skips by
+    reason. rewrite="readable": correct R1-Zero outputs become |special_token| reasoning
+    |special_token| summary (cold-start data); one that cannot be rewritten is skipped and counted."""
+    out, skipped = [], {}
+    for n, s in enumerate(kept):
+        example = {"id": f"{s['prompt_id']}-s{s['sample']}", "question": s["question"], "response": s["completion"],
+                   "answer": s["answer"], "task": s["task"], "meta": {**s["meta"], "reward": s["reward"]}}
+        if rewrite == "readable":
+            try:
+                example = cold_start_example(s, example["id"], path=source, row=n)
+            except NotConvertible as e:
+                skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                continue
+        out.append(example)
+    return out, skipped
 
 
 def _completed_batches(path: str) -> int:

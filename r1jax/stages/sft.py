@@ -68,7 +68,6 @@ def build(c) -> SFTSpec:
     C.require(d.n_heldout >= 0, "data.n_heldout", f"must be >= 0, got {d.n_heldout}")
     C.optim_config(c, 1)  # checks the section now; the schedule length is known once the data is counted
     task = C.task_spec(c, int(c.seed), "eval_task") if c.eval_task.task else None
-    rollout = C.section(c, "rollout")
     spec = SFTSpec(
         seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
         step=C.step_config(c), optim_fields=C.section(c, "optim"), path=d.path, eval_path=d.eval_path,
@@ -79,10 +78,9 @@ def build(c) -> SFTSpec:
                          template=C.template(c), seed=int(c.seed), num_epochs=s.epochs, pack=d.pack,
                          truncation=d.truncation),
         epochs=s.epochs, steps=s.steps, checkpoint_every=c.checkpoint.every, checkpoint_keep=c.checkpoint.keep,
-        eval=C.build(EvalSpec, "eval", **{**C.section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)}),
+        eval=C.eval_spec(c),
         eval_task=task,
-        rollout=C.build(RolloutSpec, "rollout", **{**rollout, "stop_strings": tuple(rollout["stop_strings"]),
-                                                   "stop_token_ids": tuple(rollout["stop_token_ids"])}),
+        rollout=C.rollout_spec(c),
         reward=C.reward_spec(c) if task else None,
     )
     C.check_rows(spec.mesh, spec.pipeline.batch_size, spec.step.micro_batches, None, "data.batch_size",

@@ -18,6 +18,8 @@ from r1jax.data.sources import TaskSpec
 from r1jax.data.templates import TEMPLATES
 from r1jax.model.config import ModelConfig, get_variant
 from r1jax.parallel.mesh import MeshConfig
+from r1jax.trainer.evaluation import EvalSpec
+from r1jax.trainer.generation import RolloutSpec
 from r1jax.trainer.optimizer import OptimConfig
 from r1jax.trainer.step import StepConfig
 
@@ -56,6 +58,16 @@ def mesh_config(c: ConfigDict) -> MeshConfig:
 
 def step_config(c: ConfigDict) -> StepConfig:
     return build(StepConfig, "trainer", **section(c, "trainer"))
+
+
+def rollout_spec(c: ConfigDict) -> RolloutSpec:
+    r = section(c, "rollout")
+    return build(RolloutSpec, "rollout", **{**r, "stop_strings": tuple(r["stop_strings"]),
+                                            "stop_token_ids": tuple(r["stop_token_ids"])})
+
+
+def eval_spec(c: ConfigDict) -> EvalSpec:
+    return build(EvalSpec, "eval", **{**section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)})
 
 
 def optim_config(c: ConfigDict, total_steps: int) -> OptimConfig:
@@ -248,9 +260,6 @@ def config_fields(cls, drop=()) -> dict:
 def default_sections(**stage_sections) -> ConfigDict:
     """A stage config's shared sections with the library's defaults (the dataclasses are the single
     source of truth), plus the stage's own sections. Config files start from this."""
-    from r1jax.trainer.evaluation import EvalSpec
-    from r1jax.trainer.generation import RolloutSpec
-
     c = ConfigDict()
     c.name = "run"
     c.seed = 0
