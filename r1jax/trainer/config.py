@@ -10,6 +10,7 @@ error too, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ml_collections import ConfigDict
 
@@ -120,14 +121,24 @@ class ModelSpec:
         expected = self.resolve() if self.variant else dataclasses.replace(
             loaded, **{k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS})
         for f in dataclasses.fields(ModelConfig):
-            if f.name in RUNTIME_FIELDS + CHECKPOINT_FIELDS or getattr(expected, f.name) == getattr(loaded, f.name):
+            ours, theirs = getattr(expected, f.name), getattr(loaded, f.name)
+            if f.name in RUNTIME_FIELDS + CHECKPOINT_FIELDS or _same(ours, theirs):
                 continue
             field = f"model.overrides.{f.name}" if f.name in overrides else "model.variant"
-            require(False, field, f"{f.name}={getattr(expected, f.name)!r} but the checkpoint at {where} has "
-                                  f"{getattr(loaded, f.name)!r}; the checkpoint's architecture is its own (leave "
+            require(False, field, f"{f.name}={ours!r} but the checkpoint at {where} has "
+                                  f"{theirs!r}; the checkpoint's architecture is its own (leave "
                                   f"model.variant empty and drop the override to take it)")
         return dataclasses.replace(loaded, **{k: v for k, v in overrides.items() if k in RUNTIME_FIELDS},
                                    dtype=self.dtype or loaded.dtype, param_dtype=self.param_dtype or loaded.param_dtype)
+
+
+def _same(a, b) -> bool:
+    """Equal, with floats compared to float32 precision (GGUF and safetensors metadata store float32)."""
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
 
 
 def model_spec(c: ConfigDict) -> ModelSpec:
