@@ -16,7 +16,7 @@ from r1jax.trainer.config import default_sections, task_section
 
 
 def _base() -> ConfigDict:
-    c = default_sections(data=task_section(n_train=1))
+    c = default_sections(("mesh", "model", "policy", "rollout", "reward", "eval"), data=task_section(n_train=1))
     c.name = "eval"
     c.report_name = ""  # the report's file name; "" = the task's name
     c.eval.update(dict(k=4, temperature=0.6, top_p=0.95, batch_prompts=16, pass_ks=(1,)))

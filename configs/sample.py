@@ -19,6 +19,7 @@ from r1jax.trainer.config import default_sections, task_section
 
 def _base() -> ConfigDict:
     c = default_sections(
+        ("mesh", "model", "policy", "rollout", "reward"),
         data=task_section(),
         sample=dict(
             split="train",  # which problems: "train" (an SFT set) or "eval"

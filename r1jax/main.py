@@ -1,65 +1,202 @@
 """r1jax command line: one entry, one subcommand per stage of the R1 pipeline.
 
-  r1jax train    [--config configs/r1_zero.py:tiny] [--workdir DIR] [--config.FIELD=VALUE ...]
-                 R1-Zero end to end (the alias of `rl`): with policy.source=pretrain the tiny base
-                 model is pretrained first (into DIR/base), then GRPO runs on it.
+  r1jax train    R1-Zero end to end (the alias of `rl`): with policy.source=pretrain the tiny base model
+                 is pretrained first (into WORKDIR/base), then GRPO runs on it
   r1jax rl       the RL stage (GRPO with rule rewards) on any policy source
   r1jax pretrain the tiny base model alone
   r1jax sft      supervised fine-tuning (cold start, rejection-sampled SFT, distillation)
   r1jax sample   rejection sampling: k samples per prompt, scored, filtered -> an SFT file
   r1jax eval     the paper's evaluation protocol on a problem set -> report
+  r1jax config   --print [--config FILE:VARIANT] [--config.FIELD=VALUE ...]: the resolved config
   r1jax export   WORKDIR OUT_DIR [--step N]: a stage's checkpoint -> HF safetensors directory
   r1jax plot     RUN_DIR: the paper's views of a run, as PNG files
 
+Stage commands take [--config FILE:VARIANT] [--workdir DIR] [--config.FIELD=VALUE ...] [--verbose]
+[--traceback]; `r1jax COMMAND --help` lists every config field with its default and meaning.
 Every stage writes a workdir (default runs/<config name>) that is a policy source for the next one
 (`--config.policy.source=workdir --config.policy.path=DIR`), and resumes there when started again.
-Bad configs fail at start-up with one line naming the field. On a multi-host TPU pod the same
-command runs on every worker (`launch/tpu_pod.sh`); jax.distributed is initialised from the
-environment with --multihost.
+A bad config fails at start-up with one line naming the field. On a multi-host TPU pod the same
+command runs on every worker (`launch/tpu_pod.sh`, --multihost).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import difflib
+import json
 import os
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIGS = os.path.join(_REPO, "configs")
-# subcommand -> (stage module, default config)
+# subcommand -> (the stage modules whose config it reads, default config)
 STAGES = {
-    "train": ("rl", "r1_zero.py:tiny"),
-    "rl": ("rl", "r1_zero.py:tiny"),
-    "pretrain": ("pretrain", "r1_zero.py:tiny"),
-    "sft": ("sft", "sft.py:tiny"),
-    "sample": ("sample", "sample.py:tiny"),
-    "eval": ("eval", "eval.py:tiny"),
+    "train": (("rl", "pretrain"), "r1_zero.py:tiny"),
+    "rl": (("rl", "pretrain"), "r1_zero.py:tiny"),
+    "pretrain": (("pretrain",), "r1_zero.py:tiny"),
+    "sft": (("sft",), "sft.py:tiny"),
+    "sample": (("sample",), "sample.py:tiny"),
+    "eval": (("eval",), "eval.py:tiny"),
 }
+CONFIG_FILE = "config.json"  # the resolved config, written into every run directory
 USAGE = __doc__
 
 
-def _init_distributed(flags) -> None:
-    import jax
-
-    if flags.coordinator_address:
-        jax.distributed.initialize(coordinator_address=flags.coordinator_address,
-                                   num_processes=flags.num_processes, process_id=flags.process_id)
-    elif flags.multihost:
-        jax.distributed.initialize()  # TPU pods / SLURM / Kubernetes: all from the environment
+class UsageError(Exception):
+    """A bad command line or config: reported in one line, no traceback."""
 
 
-def _check_overrides(config, flag, policy) -> None:
-    """A command-line override of a field that does nothing on this path is an error, not silence."""
+# ── the config of a command line ─────────────────────────────────────────────────────────────
+
+
+def _join_config_value(argv: list[str]) -> list[str]:
+    """`--config FILE` -> `--config=FILE`, so every config argument is one token."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            out.append(f"--config={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _config_arg(argv: list[str], command: str) -> str:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return os.path.join(_CONFIGS, STAGES.get(command, STAGES["train"])[1])
+
+
+def _parse(args: list[str], command: str, argv: list[str]):
+    from absl import flags
     from ml_collections import config_flags
 
+    saved = sys.argv
+    sys.argv = ["r1jax", *args]  # ml-collections reads the overrides from sys.argv when the flag is defined
+    try:
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", _config_arg(argv, command), "config file[:variant]",
+                                        flag_values=fv)
+        fv(["r1jax", *args])
+    except Exception as e:  # noqa: BLE001 - flags, ml-collections and the config file raise many kinds
+        raise UsageError(_one_line(e)) from None
+    finally:
+        sys.argv = saved
+    return fv
+
+
+# Sections that are open dicts: any key may be set from the command line (a ModelConfig field, a reward name).
+OPEN_SECTIONS = ("model.overrides", "reward.weights")
+
+
+def load_config(argv: list[str], command: str):
+    """The config file's config with the command line's overrides applied, and the overridden fields.
+    An unknown field or a bad value is a UsageError naming it (with a did-you-mean)."""
+    import ast
+
+    from ml_collections import config_flags
+
+    from r1jax.trainer.config_docs import flatten
+
+    overrides = [a for a in argv if a.startswith("--config.")]
+    file_args = [a for a in argv if a.startswith("--config") and a not in overrides]
+    base = _parse(file_args, command, argv).config
+    known = list(flatten(base)) + _section_paths(base)
+    open_args = {}  # keys of the open sections, set after parsing (ml-collections refuses new keys)
+    for arg in overrides:
+        field, _, value = arg[len("--config."):].partition("=")
+        section = next((s for s in OPEN_SECTIONS if field.startswith(s + ".")), None)
+        if section is not None:
+            try:
+                open_args[field] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                open_args[field] = value  # a bare word is a string
+        elif field not in known:
+            close = difflib.get_close_matches(field, known, n=1)
+            raise UsageError(f"config.{field}: no such field" + (f"; did you mean config.{close[0]}?" if close else ""))
+    fv = _parse(file_args + [a for a in overrides if a[len("--config."):].partition("=")[0] not in open_args],
+                command, argv)
+    config = fv.config
+    with config.unlocked():
+        for field, value in open_args.items():
+            outer, inner, key = field.split(".", 2)
+            config[outer][inner][key] = value
+    return config, {**config_flags.get_override_values(fv["config"]), **open_args}
+
+
+def _section_paths(c, prefix: str = "") -> list[str]:
+    from ml_collections import ConfigDict
+
+    out = []
+    for key in c.keys():
+        if isinstance(c[key], ConfigDict):
+            out.append(prefix + key)
+            out += _section_paths(c[key], prefix + key + ".")
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
+    if "Traceback (most recent call last)" in text:  # a config file that raised: its own message is the news
+        head = text.split(": ", 1)[0] if text.startswith("flag ") else ""
+        text = f"{head}: {[line for line in text.splitlines() if line.strip()][-1]}".lstrip(": ")
+    return " ".join(text.replace("\\n", " ").split()) or type(e).__name__
+
+
+def _check_overrides(config, overrides: dict, policy) -> None:
+    """A command-line override of a field that does nothing on this path is an error, not silence."""
     from r1jax.trainer.config import ConfigError, unused_fields
 
     unused = unused_fields(config, policy)
-    for name in config_flags.get_override_values(flag):
+    for name in overrides:
         for prefix, reason in unused.items():
             if name == prefix or (prefix.endswith(".") and name.startswith(prefix)):
                 raise ConfigError(f"config.{name}: does nothing with {reason}")
+
+
+def _docs_of(command: str) -> tuple[dict, dict]:
+    import importlib
+
+    from r1jax.trainer.config import common_sections
+
+    sections, docs = dict(common_sections()), {}
+    for name in STAGES[command][0]:
+        module = importlib.import_module(f"r1jax.stages.{name}")
+        sections.update(module.CONFIG_SECTIONS)
+        docs.update(module.FIELD_DOCS)
+    return sections, docs
+
+
+def config_help(command: str, config) -> str:
+    from r1jax.trainer.config_docs import help_text
+
+    return help_text(config, *_docs_of(command))
+
+
+def config_reference() -> str:
+    """docs/config.md: every field of every command's default config, generated (it cannot drift)."""
+    from r1jax.trainer.config_docs import markdown_reference
+
+    parts = ["# Config reference", "",
+             "Generated by `r1jax config --reference > docs/config.md` from the shipped configs and the",
+             "dataclass field docs; `r1jax COMMAND --help` prints the same for any config and overrides.", ""]
+    for command in ("train", "sft", "sample", "eval"):
+        default = STAGES[command][1]
+        config, _ = load_config([], command)
+        parts += [f"## `r1jax {command}` (`configs/{default}`)", "", markdown_reference(config, *_docs_of(command)), ""]
+    return "\n".join(parts)
+
+
+def resolved(config) -> str:
+    """The resolved config as JSON (what `r1jax config --print` shows and every run directory keeps)."""
+    return json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True) + "\n"
+
+
+# ── running a stage ─────────────────────────────────────────────────────────────────────────
 
 
 def run_stage(command: str, config, workdir: str, check=lambda spec: None):
@@ -70,12 +207,14 @@ def run_stage(command: str, config, workdir: str, check=lambda spec: None):
     from r1jax.trainer.config import PolicySpec
     from r1jax.trainer.rewards import reward_client
 
-    stage = importlib.import_module(f"r1jax.stages.{STAGES[command][0]}")
+    stage = importlib.import_module(f"r1jax.stages.{STAGES[command][0][0]}")
     spec = stage.build(config)
     check(spec)
     if command == "pretrain":
         return stage.run(spec, workdir)
     if getattr(spec, "policy", None) is not None and spec.policy.source == "pretrain":
+        import dataclasses
+
         from r1jax.stages import pretrain
 
         base_spec = pretrain.build(config)  # checked before the reward server and the pretraining start
@@ -89,32 +228,90 @@ def run_stage(command: str, config, workdir: str, check=lambda spec: None):
     return stage.run(spec, workdir)
 
 
-def _stage_main(command: str):
-    def main(argv) -> None:
-        import jax
-        from absl import flags, logging
+def _stage(command: str, argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog=f"r1jax {command}", add_help=False)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--verbose", "-v", action="store_true")
+    ap.add_argument("--traceback", action="store_true")
+    ap.add_argument("--multihost", action="store_true")
+    ap.add_argument("--coordinator_address", default=None)
+    ap.add_argument("--num_processes", type=int, default=None)
+    ap.add_argument("--process_id", type=int, default=None)
+    ap.add_argument("--help", "-h", action="store_true")
+    args, rest = ap.parse_known_args(_join_config_value(argv))
+    stray = [a for a in rest if not a.startswith("--config")]
+    try:
+        if stray:
+            raise UsageError(f"unknown argument {stray[0]!r}; see `r1jax {command} --help`")
+        config, overrides = load_config(rest, command)
+        if args.help:
+            print(f"usage: r1jax {command} [--config FILE:VARIANT] [--workdir DIR] [--config.FIELD=VALUE ...] "
+                  f"[--verbose] [--traceback]\n\nconfig fields ({_config_arg(rest, command)}):"
+                  + config_help(command, config))
+            return
+        _run(command, config, overrides, args)
+    except Exception as e:
+        from r1jax.data.readers import DataError
+        from r1jax.trainer.config import ConfigError
 
-        from r1jax.trainer.config import ConfigError, PolicySpec
+        if args.traceback or not isinstance(e, (UsageError, ConfigError, DataError, FileNotFoundError,
+                                                ConnectionError)):
+            raise
+        print(f"r1jax {command}: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
-        del argv
-        # orbax logs every array write at INFO; keep the run's own progress readable
-        logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
-        F = flags.FLAGS
-        _init_distributed(F)
-        config = F.config
-        config.lock()
-        workdir = F.workdir or os.path.join("runs", config.get("name", command))
-        logging.info("r1jax %s: process %d/%d, %d local / %d global devices (%s)", command, jax.process_index(),
-                     jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-        try:
-            run_stage(command, config, workdir,
-                      check=lambda spec: _check_overrides(config, F["config"], getattr(spec, "policy", None)
-                                                          or PolicySpec(source="pretrain")))
-        except ConfigError as e:
-            print(f"r1jax {command}: {e}", file=sys.stderr)
-            sys.exit(2)
 
-    return main
+def _run(command: str, config, overrides: dict, args) -> None:
+    import time
+
+    import jax
+    from absl import flags, logging
+
+    from r1jax import console
+    from r1jax.fileio import write_atomic
+    from r1jax.trainer.config import PolicySpec
+
+    # the library's INFO logs (and libtpu's probe on machines without TPUs) only with --verbose
+    flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    elif args.multihost:
+        jax.distributed.initialize()  # TPU pods / SLURM / Kubernetes: all from the environment
+    config.lock()
+    workdir = args.workdir or os.path.join("runs", config.get("name", command))
+    t0 = time.time()
+    console.say(f"r1jax {command}", f"{workdir}  (config {os.path.relpath(_config_arg(sys.argv, command))})")
+    console.say("devices", f"{jax.device_count()} × {jax.devices()[0].platform}, {jax.process_count()} process(es)")
+
+    def check(spec):
+        _check_overrides(config, overrides, getattr(spec, "policy", None) or PolicySpec(source="pretrain"))
+        if jax.process_index() == 0:  # only a config that passed every check is recorded
+            os.makedirs(workdir, exist_ok=True)
+            write_atomic(os.path.join(workdir, CONFIG_FILE), resolved(config))
+
+    run_stage(command, config, workdir, check=check)
+    console.say("done", f"r1jax {command} in {console.duration(time.time() - t0)}; everything is in {workdir}")
+
+
+def _config_command(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="r1jax config", description="Print the resolved config, or the reference.")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--print", action="store_true", help="print the resolved config as JSON")
+    what.add_argument("--reference", action="store_true", help="print docs/config.md (every field, every command)")
+    ap.add_argument("--command", default="train", choices=sorted(STAGES), help="whose default config")
+    args, rest = ap.parse_known_args(_join_config_value(argv))
+    if args.reference:
+        sys.stdout.write(config_reference() + "\n")
+        return
+    try:
+        config, _ = load_config(rest, args.command)
+    except UsageError as e:
+        print(f"r1jax config: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.stdout.write(resolved(config))
 
 
 def _export(argv) -> None:
@@ -128,35 +325,31 @@ def _export(argv) -> None:
     print(export.run(args.workdir, args.out_dir, args.step))
 
 
+def _plot(argv) -> None:
+    ap = argparse.ArgumentParser(prog="r1jax plot", description="The paper's views of a run, as PNG files.")
+    ap.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    from r1jax.metrics import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+
+
 def run() -> None:
-    argv = list(sys.argv)
-    if len(argv) < 2 or argv[1] not in (*STAGES, "export", "plot"):
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        sys.exit(0 if len(argv) >= 2 and argv[1] in ("-h", "--help") else 2)
-    command = argv.pop(1)
-    if command == "plot":
-        if len(argv) != 2:
-            print("usage: r1jax plot RUN_DIR", file=sys.stderr)
-            sys.exit(2)
-        from r1jax.metrics import plot_run
-
-        for path in plot_run(argv[1]):
-            print(path)
-        return
-    if command == "export":
-        return _export(argv[1:])
-
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    default = os.path.join(_CONFIGS, STAGES[command][1])
-    config_flags.DEFINE_config_file("config", default, "ml-collections config file[:variant]")
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, plots); default runs/<name>")
-    flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() from the environment (TPU pods)")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU clusters)")
-    flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
-    flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
-    app.run(_stage_main(command), argv=argv)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command in STAGES:
+        return _stage(command, rest)
+    handlers = {"config": _config_command, "export": _export, "plot": _plot}
+    if command not in handlers:
+        close = difflib.get_close_matches(command, [*STAGES, *handlers], n=1)
+        print(f"r1jax: unknown command {command!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+              + "; see `r1jax --help`", file=sys.stderr)
+        sys.exit(2)
+    handlers[command](rest)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,12 @@ def _truncate_from_step(path: str, step: int) -> None:
     os.replace(tmp, path)
 
 
+def tensorboard_name(key: str) -> str:
+    """metrics.jsonl keys read as the paper writes them (eval/pass@1); TensorBoard allows only
+    [A-Za-z0-9_./-] and warns on the rest, so '@' becomes '_at_' there."""
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", key.replace("@", "_at_"))
+
+
 class MetricsWriter:
     """Host-side metrics sink (only process 0 writes)."""
 
@@ -103,7 +109,7 @@ class MetricsWriter:
             v = float(v)
             row[k] = v if math.isfinite(v) else str(v)
             if self._tb is not None and math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
+                self._tb.add_scalar(tensorboard_name(k), v, step)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -162,6 +168,7 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)  # rates and lengths: an axis below zero only misleads
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=8)

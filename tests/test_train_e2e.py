@@ -129,3 +129,29 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, overrides, message
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not os.path.exists(tmp_path / "c" / "base"), "failed before any work was done"
+
+
+def test_run_directory_keeps_the_resolved_config_that_config_print_shows(uninterrupted):
+    with open(os.path.join(uninterrupted, "config.json")) as f:
+        kept = json.load(f)
+    overrides = [a for a in TINY]
+    proc = subprocess.run([sys.executable, "-m", "r1jax.main", "config", "--print", *overrides], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == kept
+    assert kept["rl"]["steps"] == 3 and kept["grpo"]["beta"] == 0.01
+
+
+def test_second_run_starts_from_the_first_runs_base_model_without_pretraining(uninterrupted, tmp_path):
+    base = os.path.join(uninterrupted, "base")
+    workdir = str(tmp_path / "reuse")
+    no_pretrain = [a for a in TINY if not a.startswith("--config.pretrain.")]
+    cmd = [sys.executable, "-m", "r1jax.main", "train", f"--workdir={workdir}", *no_pretrain,
+           "--config.policy.source=workdir", f"--config.policy.path={base}", "--config.rl.steps=1"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not os.path.exists(os.path.join(workdir, "base")), "pretrained again"
+    assert "pretrain base" not in proc.stderr  # no pretraining progress bar either
+    with open(os.path.join(workdir, "policy.json")) as f:
+        assert json.load(f)["started_from"].startswith(f"workdir:{base}@")
+    assert [r["step"] for r in _metrics(workdir)] == [0, 1]

@@ -32,7 +32,7 @@ from r1jax.data.splits import normalize_prompt
 
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
-    n_docs: int = 24000
+    n_docs: int = 24000  # documents in the corpus
     task: str = "arithmetic"
     difficulty: int = 2
     seed: int = 1234  # corpus seed; RL prompts use other seeds and are removed anyway

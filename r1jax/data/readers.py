@@ -40,11 +40,11 @@ class FieldMap:
     answer_format="gsm8k"; MATH-500: question="problem", answer="answer"; AIME: question="Problem",
     answer="Answer"; code: task="code", answer=None, tests="test", entry_point="entry_point"."""
 
-    question: str = "question"
-    answer: str | None = "answer"  # None for code tasks (graded by tests)
+    question: str = "question"  # column with the problem text the prompt is made of
+    answer: str | None = "answer"  # column with the gold answer (None for code tasks, graded by tests)
     id: str | None = None  # column with a stable id; default "<file stem>-<row>"
     tests: str | None = None  # code: column with the test program (kept in meta, never in the prompt)
-    entry_point: str | None = None
+    entry_point: str | None = None  # code: column naming the function the tests call
     task: str = "math"  # the reward verifier: "math" | "countdown" | "code"
     # How the answer column is written: "raw" (the answer itself), "gsm8k" (worked solution ending
     # in "#### <number>"), "boxed" (a solution whose last \boxed{...} is the answer, e.g. MATH).

@@ -27,15 +27,15 @@ _BUNDLED = {"gsm8k_test100": readers.gsm8k_test100, "humaneval": readers.humanev
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    task: str  # see the module docstring
+    task: str  # a procedural task, gsm8k_test100, humaneval, rg:<reasoning-gym name>, or file
     n_train: int = 10_000  # procedural / rg: examples generated for training
     n_eval: int = 64  # held-out examples (bundled sets: taken from the end of the set)
-    difficulty: int = 1  # procedural only
+    difficulty: int = 1  # difficulty level of a procedural task (1 = easiest; larger numbers, more steps)
     seed: int = 0
-    path: str = ""  # task="file": training file
+    path: str = ""  # task="file": the JSONL/Parquet file of problems (columns mapped by `fields`)
     eval_path: str = ""  # task="file": eval file ("" = last n_eval rows of `path`)
     fields: FieldMap = FieldMap()
-    on_error: str = "fail"  # readers: "fail" | "skip"
+    on_error: str = "fail"  # a bad row of a file: "fail" (an error naming file and row) or "skip" (counted)
 
 
 @dataclasses.dataclass(frozen=True)

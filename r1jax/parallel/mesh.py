@@ -23,9 +23,13 @@ AXES = ("data", "fsdp", "expert", "tensor")
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = 1
+    """Pure data parallelism: replicated weights, split batch (across slices/hosts); -1 = the rest."""
     fsdp: int = -1
+    """Batch split and weights split (ZeRO-3 style); -1 = all the devices the other axes leave."""
     expert: int = 1
+    """MoE experts split (expert parallelism); a batch axis elsewhere."""
     tensor: int = 1
+    """Heads / MLP / vocabulary split (Megatron-style tensor parallelism)."""
     # Auto (GSPMD propagation) is the default: the shardings of parameters and the few
     # activation constraints in the model drive XLA's partitioner. Explicit (sharding in
     # types) is selectable for experiments; every axis gets the same type.

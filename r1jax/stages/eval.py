@@ -10,9 +10,9 @@ The evaluation's completion budget (`eval.max_new_tokens`) is separate from trai
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
+from r1jax import console
 from r1jax.data.sources import TaskSpec, load_benchmark
 from r1jax.evals.report import write_report
 from r1jax.parallel.mesh import MeshConfig, make_mesh
@@ -22,7 +22,8 @@ from r1jax.trainer.generation import Generator, RolloutSpec
 from r1jax.trainer.policy import load_policy
 from r1jax.trainer.rewards import Scorer
 
-log = logging.getLogger(__name__)
+CONFIG_SECTIONS: dict[str, type] = {}
+FIELD_DOCS: dict[str, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +59,12 @@ def run(spec: EvalStageSpec, workdir: str, client) -> dict:
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(spec.mesh)
     policy = load_policy(spec.policy, spec.model, mesh)
+    console.say("policy", policy.origin)
     problems = load_benchmark(spec.task)
     if spec.question_suffix:
         problems = [{**e, "question": f"{e['question']} {spec.question_suffix}"} for e in problems]
-    log.info("eval: %d problems of %s, k=%d, T=%.2f, top-p %.2f, policy %s", len(problems), spec.task.task,
-             spec.eval.k, spec.eval.temperature, spec.eval.top_p, policy.origin)
+    console.say("task", f"{spec.task.task}: {len(problems)} problems, k={spec.eval.k} samples each at "
+                        f"T={spec.eval.temperature}, top-p {spec.eval.top_p}, template {spec.template}")
     generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout)
     evaluate = Evaluator(generate, Scorer(client, spec.template, dict(spec.reward.weights)), problems, spec.template,
                          spec.eval, spec.seed)
@@ -71,5 +73,5 @@ def run(spec: EvalStageSpec, workdir: str, client) -> dict:
                 "temperature": spec.eval.temperature, "top_p": spec.eval.top_p,
                 "max_new_tokens": evaluate.sampling.max_new_tokens, "k": spec.eval.k}
     paths = write_report(result, workdir, spec.report_name, settings=settings)
-    log.info("eval report: %s", paths)
+    console.say("report", "\n".join(paths.values()))
     return {**result.scalars(prefix=""), "report": paths}

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import logging
-
 import jax
 from flax import nnx
 
+from r1jax import console
 from r1jax.model.export import export_hf
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.trainer.config import ModelSpec, PolicySpec
 from r1jax.trainer.policy import load_policy
-
-log = logging.getLogger(__name__)
 
 
 def run(workdir: str, out_dir: str, step: int = -1, overwrite: bool = False) -> str:
@@ -23,5 +20,5 @@ def run(workdir: str, out_dir: str, step: int = -1, overwrite: bool = False) -> 
     policy = load_policy(PolicySpec(source="workdir", path=workdir, step=step), stored, mesh)
     export_hf(out_dir, policy.model_cfg, nnx.merge_state(policy.params, policy.model_state), policy.tokenizer,
               overwrite=overwrite)
-    log.info("exported %s to %s", policy.origin, out_dir)
+    console.say("export", f"{policy.origin} -> {out_dir} (transformers: AutoModelForCausalLM.from_pretrained)")
     return out_dir

@@ -12,10 +12,10 @@ stage. Run again on a finished workdir it does nothing; on an unfinished one it 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 
+from r1jax import console
 from r1jax.data.base_corpus import CorpusConfig, generate_corpus
 from r1jax.data.pipeline import RAW_TEXT, SFTPipelineConfig, make_sft_dataset
 from r1jax.data.sources import TaskSpec, load_splits
@@ -31,7 +31,17 @@ from r1jax.trainer.state import split_model_state
 from r1jax.trainer.step import StepConfig, make_train_step
 from r1jax.trainer.supervised import FitSpec, fit
 
-log = logging.getLogger(__name__)
+CONFIG_SECTIONS = {"pretrain": CorpusConfig}
+FIELD_DOCS = {
+    "pretrain.tokenizer_vocab": "SentencePiece vocabulary size of the tokenizer trained on the corpus",
+    "pretrain.seq_len": "tokens per packed row",
+    "pretrain.batch_size": "rows per step",
+    "pretrain.steps": "pretraining steps (the corpus repeats, reshuffled every epoch)",
+    "pretrain.learning_rate": "peak learning rate (warmup, then cosine decay)",
+    "pretrain.warmup_steps": "linear warmup steps (at most a tenth of the steps)",
+    "pretrain.weight_decay": "AdamW weight decay on matrices",
+    "pretrain.checkpoint_every": "save every this many steps (default: only at the end)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +87,7 @@ def run(spec: PretrainSpec, workdir: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     with Session(workdir, spec.mesh, keep=1) as session:
         if session.start_step >= spec.steps:
-            log.info("base model: already pretrained in %s", workdir)
+            console.say("base", f"already pretrained ({spec.steps} steps) in {workdir}")
             return workdir
 
         # ── corpus and tokenizer (deterministic: a resumed run regenerates the same corpus) ───────
@@ -94,8 +104,8 @@ def run(spec: PretrainSpec, workdir: str) -> str:
                 docs, vocab_size=spec.tokenizer_vocab, split_by_whitespace=False, split_by_unicode_script=False,
                 max_sentencepiece_length=512)
             save_tokenizer(tokenizer, tok_dir)
-        log.info("base corpus: %d documents, tokenizer of %d pieces (%.1fs)", len(docs), tokenizer.vocab_size,
-                 time.time() - t0)
+        console.say("base", f"corpus of {len(docs):,} documents (no RL prompt among them), SentencePiece "
+                            f"tokenizer of {tokenizer.vocab_size} pieces ({time.time() - t0:.1f} s)")
 
         # ── a fresh model and its train state ───────────────────────────────────────────────────
         model_cfg: ModelConfig = dataclasses.replace(spec.model.resolve(), vocab_size=tokenizer.vocab_size)
@@ -113,6 +123,8 @@ def run(spec: PretrainSpec, workdir: str) -> str:
             batches.set_state(data_state["batches"])
         step_fn = make_train_step(graphdef, nll_objective(spec.step.logprob_chunk), optimizer, session.mesh,
                                   session.shardings, spec.step)
+        t0 = time.time()
         fit(session, state, step_fn, batches, FitSpec(steps=spec.steps, checkpoint_every=spec.checkpoint_every,
                                                       desc="pretrain base"))
+        console.say("base", f"pretrained {spec.steps} steps in {console.duration(time.time() - t0)}")
     return workdir

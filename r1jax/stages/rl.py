@@ -11,7 +11,7 @@ optimizer, π_ref, data position and rng stream (rng of step s = fold_in(seed, s
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
 import time
 
 import jax
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from r1jax import console
 from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
 from r1jax.data.sources import TaskSpec, load_splits
 from r1jax.grpo import (
@@ -30,7 +31,7 @@ from r1jax.grpo import (
     validate_batch,
     zero_variance_fraction,
 )
-from r1jax.metrics import plot_run, reflection_rate
+from r1jax.metrics import METRICS_FILE, plot_run, read_jsonl, reflection_rate
 from r1jax.parallel.mesh import MeshConfig
 from r1jax.rollout.types import FINISH_LENGTH
 from r1jax.trainer import config as C
@@ -44,7 +45,14 @@ from r1jax.trainer.session import Session
 from r1jax.trainer.state import copy_tree, shard_batch
 from r1jax.trainer.step import StepConfig, check_finite, step_key
 
-log = logging.getLogger(__name__)
+CONFIG_SECTIONS = {"grpo": GRPOConfig}
+FIELD_DOCS = {
+    "rl.steps": "GRPO steps (one rollout batch each; grpo.mu optimizer steps per batch)",
+    "rl.dynamic_sampling": "DAPO dynamic sampling: replace groups whose rewards all tie by fresh informative ones",
+    "rl.dynamic_sampling_rounds": "at most this many extra rollouts per step to find informative groups",
+    "rl.ref_refresh_every": "copy the policy into π_ref every this many steps (0 = π_ref stays the start)",
+    "rl.samples_every": "write a few completions to samples.jsonl every this many steps",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +114,15 @@ def run(spec: RLSpec, workdir: str, client) -> dict:
     with Session(workdir, spec.mesh, keep=spec.checkpoint_keep) as session:
         history = _loop(spec, session, client)
     if session.is_main and spec.steps > 0:
-        for path in plot_run(workdir):
-            log.info("plot: %s", path)
+        evals = [r for r in read_jsonl(os.path.join(workdir, METRICS_FILE)) if "eval/pass@1" in r]
+        if len(evals) >= 2:
+            first, last = evals[0], evals[-1]
+            console.say("result", "held-out " + ", ".join(
+                f"{name} {first[key]:.3f} -> {last[key]:.3f}" for key, name in
+                (("eval/pass@1", "pass@1"), ("eval/cons@k", f"cons@{spec.eval.k}"), ("eval/format", "format"))
+                if isinstance(first.get(key), float) and isinstance(last.get(key), float))
+                + f" (step {first['step']} -> {last['step']})")
+        console.say("plots", "\n".join(plot_run(workdir)))
     return history
 
 
@@ -124,6 +139,9 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
     state, extras, data_state = session.resume(state, {"ref": ref})
     ref = extras["ref"]
     train_examples, eval_examples, _ = load_splits(spec.task)
+    console.say("task", f"{spec.task.task}: {len(train_examples):,} training problems, {len(eval_examples)} held out "
+                        f"(none in training), template {spec.template}, {spec.prompts_per_step} prompts × G={G} "
+                        f"per step")
     if spec.question_suffix:  # e.g. the R1 paper's "put your final answer within \boxed{}"
         train_examples, eval_examples = ([{**e, "question": f"{e['question']} {spec.question_suffix}"}
                                           for e in examples] for examples in (train_examples, eval_examples))

@@ -13,13 +13,13 @@ template) and `stats.json` (counts, per-filter drops, the template to train with
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
+from r1jax import console
 from r1jax.data.cold_start import NotConvertible, cold_start_example
 from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
 from r1jax.data.rejection import RejectionConfig, select
@@ -32,10 +32,18 @@ from r1jax.trainer.generation import Generator, RolloutSpec
 from r1jax.trainer.policy import load_policy
 from r1jax.trainer.rewards import Scorer
 
-log = logging.getLogger(__name__)
-
 SCORED, SFT_DATA, STATS = "scored.jsonl", "sft_data.jsonl", "stats.json"
 REWRITES = ("", "readable")
+
+CONFIG_SECTIONS = {"sample": RejectionConfig}
+FIELD_DOCS = {
+    "sample.split": "which problems to sample: 'train' (to build an SFT set) or 'eval'",
+    "sample.k": "samples per prompt",
+    "sample.batch_prompts": "prompts per generation call (each gives k rows)",
+    "sample.rewrite": "'' keeps samples as they are; 'readable' rewrites R1-Zero outputs into the |special_token| "
+                      "format (cold start)",
+    "sample.max_per_prompt": "keep at most this many samples per prompt (0 = no cap)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +142,11 @@ def run(spec: SampleSpec, workdir: str, client) -> dict:
     if is_main:
         write_jsonl(os.path.join(workdir, SFT_DATA), out)
         write_json(os.path.join(workdir, STATS), summary)
-    log.info("rejection sampling: %d samples -> %d kept -> %d written to %s (train with data.template=%r)",
-             len(scored), stats.kept, len(out), summary["sft_data"], summary["template"])
+    drops = ", ".join(f"{n} {k}" for k, n in stats.filter_drops.items() if n) or "none by the filters"
+    console.say("result", f"{len(scored):,} samples, {stats.correct:,} correct; dropped {drops}, "
+                          f"{stats.duplicate_drops:,} duplicates, {stats.cap_drops:,} over the cap\n"
+                          f"{len(out):,} rows -> {summary['sft_data']} "
+                          f"(train with data.template={summary['template']!r})")
     return summary
 
 

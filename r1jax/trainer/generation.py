@@ -18,12 +18,19 @@ class RolloutSpec:
     """The `rollout` section: how completions are drawn (paper R1-Zero trains at T = 1)."""
 
     max_prompt_len: int = 64
+    """Longest prompt in tokens; a longer one is an error naming the example."""
     max_new_tokens: int = 48
+    """Completion budget in tokens (reaching it truncates the completion)."""
     temperature: float = 1.0
+    """Sampling temperature of training rollouts (R1-Zero trains at 1.0)."""
     top_p: float = 1.0
+    """Nucleus mass (1 = off)."""
     top_k: int = 0
+    """Keep the k most likely tokens (0 = off)."""
     stop_strings: tuple[str, ...] = ()
+    """Strings that end a completion however they are tokenised (e.g. '</answer>')."""
     stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a completion, besides the tokenizer's EOS."""
 
     def __post_init__(self):
         SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,

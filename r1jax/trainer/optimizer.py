@@ -20,8 +20,11 @@ class OptimConfig:
     end_lr_ratio: float = 0.1
     """Cosine floor as a fraction of learning_rate (open-r1's cosine_with_min_lr 0.1)."""
     b1: float = 0.9
+    """Adam β1."""
     b2: float = 0.99
+    """Adam β2 (0.99 as Tunix DeepScaleR; 0.999 is Adam's default)."""
     eps: float = 1e-8
+    """Adam ε."""
     weight_decay: float = 0.01
     """Decoupled weight decay on matrices only (ndim >= 2); norms, biases and router biases are exempt."""
     clip_norm: float | None = 1.0

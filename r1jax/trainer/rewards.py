@@ -4,12 +4,10 @@ config names a running fleet), and the reward items of a batch of completions.""
 from __future__ import annotations
 
 import contextlib
-import logging
 
+from r1jax import console
 from r1jax.data.templates import REWARD_FORMAT
 from r1jax.reward import RewardBatch, RewardClient, start_local_server
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -20,12 +18,16 @@ def reward_client(spec):
         urls = list(spec.urls)
         if not urls:
             urls = [stack.enter_context(start_local_server(workers=spec.workers, plugins=spec.plugins))]
-            log.info("reward server started at %s (%d workers)", urls[0], spec.workers)
         client = RewardClient(urls, timeout_s=spec.timeout_s)
         try:
-            client.health()
+            health = client.health()
         except Exception as e:
             raise ConnectionError(f"config.reward.urls: reward server {urls} is not answering: {e}") from e
+        sandbox = health.get("sandbox", {})
+        console.say("reward", f"{'started' if not spec.urls else 'using'} {', '.join(urls)}: "
+                              f"{health.get('workers', '?')} workers, code sandbox "
+                              f"{'ready' if sandbox.get('ok') else 'UNAVAILABLE'}"
+                              f"{' (no network)' if sandbox.get('network') is False else ''}")
         yield client
 
 

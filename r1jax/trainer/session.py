@@ -17,20 +17,18 @@ same parameters, optimizer, rng stream and data position; metrics continue witho
 
 from __future__ import annotations
 
-import logging
 import os
 
 import jax
 from jax.sharding import Mesh
 
+from r1jax import console
 from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.metrics import MetricsWriter
-from r1jax.model import replicated_params
+from r1jax.model import param_counts, replicated_params
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.trainer.policy import CHECKPOINT_DIR, Policy, write_policy_record
 from r1jax.trainer.state import TrainState, init_train_state, train_state_shardings
-
-log = logging.getLogger(__name__)
 
 
 class Session:
@@ -45,8 +43,8 @@ class Session:
         self.writer = MetricsWriter(workdir, start_step=self.start_step + 1 if self.start_step else 0,
                                     enabled=self.is_main)
         self.shardings = None
-        log.info("%s: mesh %s, %s", workdir, dict(self.mesh.shape),
-                 f"resuming from step {self.start_step}" if self.start_step else "new run")
+        console.say("workdir", f"{workdir}: {f'resuming from step {self.start_step}' if self.start_step else 'new run'}"
+                               f", mesh {' '.join(f'{k}={v}' for k, v in self.mesh.shape.items())}")
 
     def init_state(self, policy: Policy, optimizer, seed: int, stage: str, **record) -> TrainState:
         """The train state of `policy` on this mesh; records the policy in the workdir."""
@@ -55,6 +53,9 @@ class Session:
             raise ValueError(f"config.mesh {dict(self.mesh.shape)}: large parameters left fully replicated: "
                              f"{unsharded[:8]}")
         write_policy_record(self.workdir, policy, stage, **record)
+        cfg = policy.model_cfg
+        console.say("policy", f"{policy.origin}: {cfg.arch}, {cfg.n_layers} layers, d={cfg.d_model}, "
+                              f"{console.millions(param_counts(cfg)['total'])} parameters, {cfg.param_dtype}")
         self.shardings = train_state_shardings(policy.params, policy.model_state, optimizer, self.mesh)
         return init_train_state(policy.params, policy.model_state, optimizer, self.mesh, seed)
 
@@ -77,7 +78,6 @@ class Session:
         p, t = items["policy"], items["train"]
         state = TrainState(params=p["params"], model_state=p["model_state"], opt_state=t["opt_state"],
                            step=t["step"], rng=t["rng"])
-        log.info("resumed from step %d", self.start_step)
         return state, {**extras, **{k: t[k] for k in live}}, data_state
 
     def log(self, step: int, scalars: dict) -> None:
@@ -88,6 +88,8 @@ class Session:
 
     def save(self, step: int, state: TrainState, extras: dict | None = None, data_state: dict | None = None,
              force: bool = False) -> None:
+        if self.is_main:
+            console.say("checkpoint", f"step {step} -> {os.path.join(self.ckpt.directory, str(step))}")
         self.ckpt.save(step, {
             "policy": {"params": state.params, "model_state": state.model_state},
             "train": {"opt_state": state.opt_state, "step": state.step, "rng": state.rng,
