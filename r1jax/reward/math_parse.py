@@ -5,11 +5,16 @@ objects node by node, so nothing in the text is ever executed. Magnitudes are sc
 node is built (digit counts, huge powers, factorials, nesting depth): sympy evaluates integer powers
 eagerly in C, which no signal can interrupt. The worker deadline (SIGKILL) is the backstop.
 
-Parsed values are sympy expressions, plus three containers:
-  Seq(kind, items)         kind "tuple" for (a, b), "list" for a bare "a, b", "set" for \\{a, b\\}
-  Interval-like Seq        kind "interval" with the bracket pair, e.g. "[)" for [a, b)
-  Equation(lhs, rhs)
-and sympy Matrix for pmatrix/bmatrix.
+Parsed values are sympy expressions plus these containers (compared by mathcheck.equivalent):
+  DecimalNumber(value, unit)   a number written with a decimal point, optionally signed and scaled by a
+                               power of ten (-3.25\\cdot 10^{-9}); the only values compared with a tolerance
+  Percent(value)               p\\% (equal to p or p/100)
+  Seq(kind, items, brackets)   kind "tuple" (a, b), "list" a, b, "set" \\{a, b\\}, "interval" [a, b),
+                               "set_union" A \\cup B, "matrix" (items are "row" Seqs)
+  Labelled(label, ...)         x = v, f(x) = v, (a, b) = (4, 1), x \\in S, x > 2 (as x in (2, oo))
+  Chain(sides, ops)            A = B, A = B = C, A \\approx d (an equation, or a computation that ends in
+                               its answer)
+  Inequality(expr, strict)     expr > 0 or expr >= 0, for inequalities that do not bound one variable
 """
 
 from __future__ import annotations
@@ -37,15 +42,49 @@ class TooLarge(ParseError):
 
 @dataclasses.dataclass(frozen=True)
 class Seq:
-    kind: str  # "tuple" | "list" | "set" | "interval"
+    kind: str  # "tuple" | "list" | "set" | "interval" | "set_union" | "matrix" | "row"
     items: tuple
     brackets: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
-class Equation:
-    lhs: object
-    rhs: object
+class DecimalNumber:
+    """A number written with a decimal point: its exact value and one unit in its last written digit
+    (3.140 -> value 157/50, unit 1/1000; -2.5\\cdot 10^{-9} -> value -1/(4*10^8), unit 10^{-10})."""
+
+    value: sympy.Rational
+    unit: sympy.Rational
+
+
+@dataclasses.dataclass(frozen=True)
+class Percent:
+    value: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """`label = value` (or `label \\in value`, or an inequality bounding one variable). The label is a
+    variable (x, a_1, \\theta), a tuple of distinct variables ((a,b)) or a function application (f(x),
+    P(A)); it names the answer and is not part of it."""
+
+    label: str  # canonical text: "x", "a_1", "(a,b)", "f(x)"
+    names: tuple  # the variable names of a variable or tuple label, in order; () for f(x)
+    label_expr: object  # the label as a value (Symbol or Seq of Symbols) for equation comparisons; None for f(x)
+    value: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """Sides joined by "=" or "≈" (ops[k] joins sides[k] and sides[k+1])."""
+
+    sides: tuple
+    ops: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Inequality:
+    expr: object  # expr > 0 (strict) or expr >= 0
+    strict: bool
 
 
 # ---------------------------------------------------------------- LaTeX normalisation (text -> text)
@@ -57,6 +96,33 @@ _UNIT_WORDS = (
 _GREEK = ("alpha beta gamma delta epsilon theta lambda mu nu rho sigma tau phi chi psi omega").split()
 _FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos", "arctan"}
 
+_FRAC = re.compile(r"\\(d|t|c)?frac")
+_SQRT = re.compile(r"\\sqrt")
+_TEXT = re.compile(r"\\(textbf|textit|textrm|text|mathrm|mathbf|mbox|operatorname)(?![A-Za-z])\s*")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+
+# Thousands separators, standard forms only: groups of exactly three digits after a first group of one to
+# three, all joined by the same LaTeX separator ({,}  \,  \thinspace  "\ "  or a Unicode thin space). A
+# comma or a plain space joins groups only when the whole answer is that one number (see normalize).
+_SEP = r"(?:\{,\}|\\,|\\thinspace(?![A-Za-z])\s*|\\ |\u2009|\u202f)"
+_GROUPED_NUMBER = re.compile(r"(?<![\d.])\d{1,3}(" + _SEP + r")\d{3}(?:\1\d{3})*(?!\d)")
+_SPLIT_DIGITS = re.compile(r"\d\s*" + _SEP + r"\s*\d")
+_SEP_ONLY = re.compile(_SEP)
+# An integer directly followed by a fraction of two integers is a mixed number (2\frac{3}{4} = 11/4): the
+# form dataset golds use. Not after a letter, "^" or "_" (x2\frac12, 2^2\frac12 stay products).
+_MIXED_NUMBER = re.compile(
+    r"(?<![\d.^_A-Za-z])(\d+)\s*\\[dt]?frac\s*(?:\{\s*(\d+)\s*\}|(\d))\s*(?:\{\s*(\d+)\s*\}|(\d))"
+)
+_RELATIONS = (
+    (re.compile(r"\\(?:leqslant|leq|le)(?![A-Za-z])"), "≤"),
+    (re.compile(r"\\(?:geqslant|geq|ge)(?![A-Za-z])"), "≥"),
+    (re.compile(r"\\(?:neq|ne)(?![A-Za-z])"), "≠"),
+    (re.compile(r"\\lt(?![A-Za-z])"), "<"),
+    (re.compile(r"\\gt(?![A-Za-z])"), ">"),
+    (re.compile(r"\\approx(?![A-Za-z])"), "≈"),
+    (re.compile(r"\\in(?![A-Za-z])"), "∈"),
+)
+
 
 def brace_group(s: str, i: int) -> tuple[str, int]:
     """Returns the argument starting at s[i] ({...} or one character) and the index after it."""
@@ -66,9 +132,9 @@ def brace_group(s: str, i: int) -> tuple[str, int]:
         raise ParseError("missing argument")
     if s[i] != "{":
         if s[i] == "\\":
-            m = re.match(r"\\[A-Za-z]+", s[i:])
+            m = _COMMAND.match(s, i)
             if m:
-                return s[i : i + m.end()], i + m.end()
+                return s[i : m.end()], m.end()
         return s[i], i + 1
     depth = 0
     for j in range(i, len(s)):
@@ -86,19 +152,23 @@ def _replace_commands(s: str) -> str:
     out = []
     i = 0
     while i < len(s):
-        m = re.match(r"\\(d|t|c)?frac", s[i:])
+        if s[i] != "\\":
+            out.append(s[i])
+            i += 1
+            continue
+        m = _FRAC.match(s, i)
         if m:
-            a, j = brace_group(s, i + m.end())
+            a, j = brace_group(s, m.end())
             b, j = brace_group(s, j)
             out.append(f"(({_replace_commands(a)})/({_replace_commands(b)}))")
             i = j
             continue
-        m = re.match(r"\\sqrt", s[i:])
+        m = _SQRT.match(s, i)
         if m:
-            j = i + m.end()
+            j = m.end()
             index = None
             if j < len(s) and s[j] == "[":
-                k = s.index("]", j) if "]" in s[j:] else -1
+                k = s.find("]", j)
                 if k < 0:
                     raise ParseError("unbalanced [ in \\sqrt")
                 index, j = s[j + 1 : k], k + 1
@@ -107,15 +177,30 @@ def _replace_commands(s: str) -> str:
             out.append(f"sqrt({inner})" if index is None else f"(({inner})^(1/({_replace_commands(index)})))")
             i = j
             continue
-        m = re.match(r"\\(textbf|textit|textrm|text|mathrm|mathbf|mbox|operatorname)(?![A-Za-z])\s*", s[i:])
+        m = _TEXT.match(s, i)
         if m:
-            a, j = brace_group(s, i + m.end())
+            a, j = brace_group(s, m.end())
             out.append(" " + a + " ")
             i = j
             continue
         out.append(s[i])
         i += 1
     return "".join(out)
+
+
+def _join_digit_groups(s: str) -> str:
+    """1\\,000\\,000 -> 1000000. Digits split by such a separator in any other way (12\\,34, the decimal comma
+    1{,}5, mixed separators) are refused: joining them would silently make another number."""
+    s = _GROUPED_NUMBER.sub(lambda m: _SEP_ONLY.sub("", m.group(0)), s)
+    bad = _SPLIT_DIGITS.search(s)
+    if bad:
+        raise ParseError(f"digits split by a separator that is not a thousands grouping: {bad.group(0)!r}")
+    return s
+
+
+def _mixed_number(m: re.Match) -> str:
+    whole, num, den = m.group(1), m.group(2) or m.group(3), m.group(4) or m.group(5)
+    return f"({whole}+{num}/{den})"
 
 
 def normalize(text: str) -> str:
@@ -129,6 +214,8 @@ def normalize(text: str) -> str:
         s,
         flags=re.S,
     )
+    s = _join_digit_groups(s)  # before "\," and "{,}" are dropped below
+    s = _MIXED_NUMBER.sub(_mixed_number, s)
     for a, b in (
         ("\\left", ""),
         ("\\right", ""),
@@ -152,9 +239,6 @@ def normalize(text: str) -> str:
         ("\\cup", " U "),
         ("\\pm", "±"),
         ("{,}", ""),
-        ("\\le", "≤"),
-        ("\\ge", "≥"),
-        ("\\neq", "≠"),
         ("\\dfrac", "\\frac"),
         ("\\tfrac", "\\frac"),
         ("^\\circ", ""),
@@ -165,22 +249,36 @@ def normalize(text: str) -> str:
         ("\\quad", " "),
     ):
         s = s.replace(a, b)
+    for pattern, symbol in _RELATIONS:
+        s = pattern.sub(f" {symbol} ", s)
     s = _replace_commands(s)
-    s = re.sub(r"\\(" + "|".join(_GREEK) + r")\b", r" \1 ", s)
+    # (?![A-Za-z]), not \b: "_" is a word character, and \theta_1, \log_2 must keep their names
+    s = re.sub(r"\\(" + "|".join(_GREEK) + r")(?![A-Za-z])", r" \1 ", s)
     s = s.replace("\\pi", " pi ")
-    s = re.sub(r"\\(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")\b", r" \1 ", s)
-    s = re.sub(r"\\[A-Za-z]+", " ", s)  # any other command is layout
+    s = re.sub(r"\\(" + "|".join(sorted(_FUNCS, key=len, reverse=True)) + r")(?![A-Za-z])", r" \1 ", s)
+    s = _COMMAND.sub(" ", s)  # any other command is layout
     s = s.replace("{", "(").replace("}", ")")
+    s = re.sub(r"(?<![A-Za-z])percent\s*$", "%", s.strip())  # "50 percent", "50\text{ percent}"
     s = re.sub(r"(?<![A-Za-z])(" + _UNIT_WORDS + r")\s*(\^\s*\(?[23]\)?)?\s*$", "", s.strip())
     s = s.strip().rstrip(".").strip()
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):  # 1,000,000 is a thousands separator, not a list
+    s = re.sub(r"^[=≈]\s*", "", s)  # "= 5", "\approx 3.14": the answer is what follows
+    # A comma or a plain space is a thousands separator only when the whole answer is one grouped number
+    # (1,000,000); anywhere else a comma separates list items and a space separates tokens.
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
+    elif re.fullmatch(r"-?\d{1,3}( \d{3})+(\.\d+)?", s):
+        s = s.replace(" ", "")
     return s
 
 
 # ---------------------------------------------------------------- tokenizer + parser (text -> sympy)
 
-_TOKEN = re.compile(r"\s*(\d+\.\d*|\.\d+|\d+|[A-Za-z]+|[-+*/^()\[\],!=|«»⟦⟧&%±≤≥≠<>]|\\\\)")
+_TOKEN = re.compile(r"\s*(\d+\.\d*|\.\d+|\d+|[A-Za-z]+|[-+*/^()\[\],!=|«»⟦⟧&%±≤≥≠<>≈∈_]|\\\\)")
+# x_1, a_{10}, x_n: a subscript makes one variable name (a single letter or a braced run of letters/digits)
+_SUBSCRIPT = re.compile(r"\s*_\s*(\d+|[A-Za-z]|\(\s*[A-Za-z0-9]+\s*\))")
+_NAME = re.compile(r"[A-Za-z]+(?:_[A-Za-z0-9]+)?")
+_CONSTS = {"pi": sympy.pi, "oo": sympy.oo, "inf": sympy.oo, "infty": sympy.oo}
+_NOT_VARIABLES = _FUNCS | set(_CONSTS) | {"U", "i", "e"}
 
 
 def tokenize(s: str) -> list[str]:
@@ -191,15 +289,28 @@ def tokenize(s: str) -> list[str]:
         if not m:
             raise ParseError(f"unexpected character {s[i]!r}")
         tok = m.group(1)
-        if tok.isalpha() and tok not in _FUNCS and tok not in _GREEK and tok not in ("pi", "oo", "U", "inf"):
+        i = m.end()
+        if tok.isalpha() and tok not in _FUNCS and tok not in _GREEK and tok not in _CONSTS and tok != "U":
             if len(tok) > 2:
                 raise ParseError(f"word {tok!r} is text, not math")  # longer words: a text answer
-            tokens.extend(tok)  # "xy" is x*y
-            i = m.end()
-            continue
-        tokens.append(tok)
-        i = m.end()
+            names = list(tok)  # "xy" is x*y
+        else:
+            names = [tok]
+        if tok.isalpha() and tok not in _FUNCS:  # a subscript names a variable; after log it is a base
+            sub = _SUBSCRIPT.match(s, i)
+            if sub:
+                names[-1] += "_" + re.sub(r"[()\s]", "", sub.group(1))
+                i = sub.end()
+        tokens.extend(names)
     return tokens
+
+
+def _is_number_token(tok) -> bool:
+    return tok is not None and (tok[0].isdigit() or tok[0] == ".")
+
+
+def _is_variable_token(tok) -> bool:
+    return tok is not None and bool(_NAME.fullmatch(tok)) and tok not in _NOT_VARIABLES
 
 
 def _check_number(x):
@@ -232,7 +343,6 @@ def _safe_pow(base, exp):
     return sympy.Pow(base, exp)
 
 
-_CONSTS = {"pi": sympy.pi, "oo": sympy.oo, "inf": sympy.oo, "infty": sympy.oo}
 _FUNC_MAP = {
     "sqrt": sympy.sqrt,
     "sin": sympy.sin,
@@ -248,7 +358,10 @@ _FUNC_MAP = {
     "arccos": sympy.acos,
     "arctan": sympy.atan,
 }
-_CLOSE = {"(": ")", "[": "]", "«": "»", "⟦": "⟧"}
+# \sin^{-1} x is arcsin x (the convention for trigonometric functions); any other power is a power
+_INVERSE = {"sin": sympy.asin, "cos": sympy.acos, "tan": sympy.atan, "cot": sympy.acot, "sec": sympy.asec,
+            "csc": sympy.acsc}
+_INEQUALITY_OPS = ("<", ">", "≤", "≥")
 
 
 class _Parser:
@@ -289,12 +402,93 @@ class _Parser:
             raise ParseError(f"expected one of {closer}, found {self.peek()!r}")
         return items
 
+    # relation := label ("=" | "≈") chain | union ("∈" union | (ineq union){1,2} | (("=" | "≈") union)*)
     def relation(self):
-        lhs = self.union()
-        if self.peek() == "=":
-            self.take("=")
-            return Equation(lhs, self.union())
-        return lhs
+        function_label = self.function_label()
+        if function_label is not None:
+            self.take()  # the "=" or "≈" after the label
+            return Labelled(function_label, (), None, self.chain_value())
+        first = self.union()
+        tok = self.peek()
+        if tok == "∈":
+            label = _label_of(first)
+            if label is None:
+                raise ParseError("'∈' needs a variable or a tuple of variables on its left")
+            self.take()
+            return Labelled(*label, self.union())
+        if tok in _INEQUALITY_OPS:
+            return self.inequality(first)
+        if tok not in ("=", "≈"):
+            return first
+        label = _label_of(first)
+        op = self.take()
+        if label is not None:
+            return Labelled(*label, self.chain_value())
+        rest = self.chain_value()
+        if isinstance(rest, Chain):
+            return Chain((first, *rest.sides), (op, *rest.ops))
+        return Chain((first, rest), (op,))
+
+    def chain_value(self):
+        """side (("=" | "≈") side)*: one side is the value itself, more make a Chain."""
+        sides, ops = [self.union()], []
+        while self.peek() in ("=", "≈"):
+            ops.append(self.take())
+            sides.append(self.union())
+        if self.peek() in _INEQUALITY_OPS or self.peek() == "∈":
+            raise ParseError(f"{self.peek()!r} after an equation: mixed relations are not an answer")
+        return sides[0] if len(sides) == 1 else Chain(tuple(sides), tuple(ops))
+
+    def function_label(self) -> str | None:
+        """f(x), P(A), g(x, y), f(3) followed by "=" or "≈": consumed and returned as label text. Only this
+        exact token shape, since f(x) anywhere else is the product f*x."""
+        t, i = self.toks, self.i
+        if not (i + 1 < len(t) and _is_variable_token(t[i]) and t[i + 1] == "("):
+            return None
+        j, args = i + 2, []
+        while j < len(t) and (_is_variable_token(t[j]) or _is_number_token(t[j])):
+            args.append(t[j])
+            j += 1
+            if j < len(t) and t[j] == ",":
+                j += 1
+                continue
+            break
+        if not args or j + 1 >= len(t) or t[j] != ")" or t[j + 1] not in ("=", "≈"):
+            return None
+        self.i = j + 1
+        return f"{t[i]}({','.join(args)})"
+
+    def inequality(self, first):
+        """a < b, a <= b < c, ... -> Labelled(x, interval) when one side is a lone variable bounded by
+        values without it (x > 2 is x in (2, oo)); otherwise Inequality(bigger - smaller, strict)."""
+        sides, ops = [exact_value(first)], []
+        while self.peek() in _INEQUALITY_OPS:
+            ops.append(self.take())
+            sides.append(exact_value(self.union()))
+        if len(sides) > 3:
+            raise ParseError("more than two inequality signs")
+        if self.peek() in ("=", "≈", "∈"):
+            raise ParseError(f"{self.peek()!r} after an inequality: mixed relations are not an answer")
+        if not all(isinstance(x, sympy.Expr) for x in sides):
+            raise ParseError("an inequality between non-numbers")
+        if all(op in (">", "≥") for op in ops):  # read every chain left to right as increasing
+            sides, ops = sides[::-1], ["<" if op == ">" else "≤" for op in ops[::-1]]
+        elif not all(op in ("<", "≤") for op in ops):
+            raise ParseError("an inequality chain that changes direction")
+        opening = ["(" if op == "<" else "[" for op in ops]
+        closing = [")" if op == "<" else "]" for op in ops]
+        if len(sides) == 3:
+            lo, var, hi = sides
+            label = _label_of(var)
+            if label is None or var in lo.free_symbols or var in hi.free_symbols:
+                raise ParseError("a double inequality must bound one variable")
+            return Labelled(*label, Seq("interval", (lo, hi), opening[0] + closing[1]))
+        lo, hi = sides
+        if _label_of(hi) is not None and isinstance(hi, sympy.Symbol) and hi not in lo.free_symbols:
+            return Labelled(*_label_of(hi), Seq("interval", (lo, sympy.oo), opening[0] + ")"))
+        if _label_of(lo) is not None and isinstance(lo, sympy.Symbol) and lo not in hi.free_symbols:
+            return Labelled(*_label_of(lo), Seq("interval", (-sympy.oo, hi), "(" + closing[0]))
+        return Inequality(_arith(hi, lo, "-"), ops[0] == "<")
 
     def union(self):
         left = self.expr()
@@ -320,7 +514,7 @@ class _Parser:
         return left
 
     def starts_primary(self, tok) -> bool:
-        return tok is not None and (tok[0].isdigit() or tok[0] == "." or tok.isalpha() or tok in ("(", "⟦"))
+        return tok is not None and (tok[0].isdigit() or tok[0] == "." or tok[0].isalpha() or tok in ("(", "⟦"))
 
     def term(self):
         left = self.unary()
@@ -331,19 +525,28 @@ class _Parser:
                 left = _arith(left, self.unary(), tok)
             elif tok == "%":
                 self.take()
-                left = _Percent(left)
+                left = Percent(left)
             elif self.starts_primary(tok) and tok != "U":
+                if _is_number_token(tok) and _is_number_token(self.toks[self.i - 1]):
+                    # "3 4" is not 12 (nor 34, nor a list): two bare numbers side by side are refused
+                    raise ParseError(f"two numbers side by side: {self.toks[self.i - 1]!r} {tok!r}")
                 left = _arith(left, self.power(), "*")  # implicit multiplication: 2x, 2\pi, 3(x+1)
             else:
                 return left
 
     def unary(self):
+        if self.peek() == "±":  # \pm 2 is the set {2, -2}
+            self.take()
+            self.enter()
+            val = self.unary()
+            self.depth -= 1
+            return Seq("set", (val, _negate(val)))
         if self.peek() in ("-", "+"):
             op = self.take()
             self.enter()
             val = self.unary()
             self.depth -= 1
-            return _arith(sympy.Integer(0), val, "-") if op == "-" else val
+            return _negate(val) if op == "-" else val
         return self.power()
 
     def power(self):
@@ -360,6 +563,7 @@ class _Parser:
         val = self.primary()
         while self.peek() == "!":
             self.take("!")
+            val = exact_value(val)
             if not (isinstance(val, sympy.Integer) and 0 <= val <= MAX_FACTORIAL):
                 raise TooLarge("factorial of a large or non-integer value")
             val = sympy.factorial(val)
@@ -369,23 +573,20 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             raise ParseError("unexpected end")
-        if tok[0].isdigit() or tok[0] == ".":
+        if _is_number_token(tok):
             self.take()
             if len(tok) > MAX_DIGITS:
                 raise TooLarge("literal with too many digits")
-            return sympy.Rational(tok) if "." in tok else sympy.Integer(tok)
+            if "." in tok:
+                decimals = len(tok) - tok.index(".") - 1
+                return DecimalNumber(sympy.Rational(tok), sympy.Rational(1, 10**decimals))
+            return sympy.Integer(tok)
         if tok in _FUNC_MAP:
-            self.take()
-            self.enter()
-            arg = self.group_or_power()
-            self.depth -= 1
-            if not isinstance(arg, sympy.Basic):
-                raise ParseError(f"{tok} of a non-expression")
-            return _FUNC_MAP[tok](arg)
+            return self.function()
         if tok in _CONSTS:
             self.take()
             return _CONSTS[tok]
-        if tok.isalpha():
+        if _NAME.fullmatch(tok):
             self.take()
             if tok == "i":
                 return sympy.I
@@ -397,13 +598,37 @@ class _Parser:
         if tok == "|":
             self.take("|")
             self.enter()
-            val = self.expr()
+            val = exact_value(self.expr())
             self.depth -= 1
             self.take("|")
             return sympy.Abs(val)
         if tok == "⟦":
             return self.matrix()
         raise ParseError(f"unexpected {tok!r}")
+
+    def function(self):
+        """f x, f(x), f^2 x (= (f x)^2), \\sin^{-1} x (= arcsin x), \\log_b x (= log x / log b)."""
+        name = self.take()
+        self.enter()
+        base = exponent = None
+        if name == "log" and self.peek() == "_":
+            self.take("_")
+            base = exact_value(self.primary())
+        if self.peek() == "^":
+            self.take("^")
+            negative = self.peek() == "-"
+            if negative:
+                self.take("-")
+            exponent = exact_value(self.primary())
+            exponent = _negate(exponent) if negative else exponent
+        arg = exact_value(self.group_or_power())
+        self.depth -= 1
+        if not isinstance(arg, sympy.Basic) or (base is not None and not isinstance(base, sympy.Basic)):
+            raise ParseError(f"{name} of a non-expression")
+        if exponent is not None and exponent == -1 and name in _INVERSE:
+            return _INVERSE[name](arg)
+        value = sympy.log(arg, base) if base is not None else _FUNC_MAP[name](arg)
+        return value if exponent is None else _arith(value, exponent, "^")
 
     def group_or_power(self):
         if self.peek() == "(":
@@ -442,25 +667,64 @@ class _Parser:
         self.take("⟧")
         if len({len(r) for r in rows}) != 1:
             raise ParseError("ragged matrix")
-        return sympy.Matrix(rows)
+        return Seq("matrix", tuple(Seq("row", tuple(r)) for r in rows))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Percent:
-    value: object
+def _label_of(value):
+    """(label, names, label_expr) when `value` can be a label: a variable or a tuple of distinct variables."""
+    if isinstance(value, sympy.Symbol):
+        return str(value), (str(value),), value
+    if (
+        isinstance(value, Seq)
+        and value.kind == "tuple"
+        and all(isinstance(x, sympy.Symbol) for x in value.items)
+        and len(set(value.items)) == len(value.items)
+    ):
+        names = tuple(str(x) for x in value.items)
+        return "(" + ",".join(names) + ")", names, value
+    return None
 
 
 def _has_infinity(items) -> bool:
     return any(isinstance(x, sympy.Basic) and x.has(sympy.oo) for x in items)
 
 
+def exact_value(value):
+    """The exact value behind a DecimalNumber (other values unchanged)."""
+    return value.value if isinstance(value, DecimalNumber) else value
+
+
+def _is_power_of_ten(x) -> bool:
+    if not (isinstance(x, sympy.Rational) and x > 0):
+        return False
+    n = int(x.p) if x.q == 1 else int(x.q) if x.p == 1 else 0
+    digits = str(n)
+    return n > 0 and digits[0] == "1" and set(digits[1:]) <= {"0"}
+
+
+def scaled(value, factor):
+    """value * factor for a number (a DecimalNumber keeps its digits); None for anything else."""
+    if isinstance(value, DecimalNumber):
+        return DecimalNumber(value.value * factor, value.unit * abs(factor))
+    if isinstance(value, sympy.Basic):
+        return value * factor
+    return None
+
+
+def _negate(value):
+    if isinstance(value, DecimalNumber):
+        return DecimalNumber(-value.value, value.unit)
+    return _arith(sympy.Integer(0), value, "-")
+
+
 def _arith(a, b, op):
-    if isinstance(a, _Percent):
-        a = a.value / 100
-    if isinstance(b, _Percent):
-        b = b.value / 100
-    if not (isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic)):
-        raise ParseError("arithmetic on a tuple, set or equation")
+    # A decimal times or over a power of ten stays a decimal (3.25\cdot 10^{-9} has the digits of 3.25);
+    # any other arithmetic makes its decimals exact rationals (1.5\pi is 3\pi/2, compared exactly).
+    if op in ("*", "/") and isinstance(a, DecimalNumber) and _is_power_of_ten(b):
+        return scaled(a, b if op == "*" else 1 / b)
+    if op == "*" and isinstance(b, DecimalNumber) and _is_power_of_ten(a):
+        return scaled(b, a)
+    a, b = _as_exact_number(a), _as_exact_number(b)
     if op == "+":
         return _check_number(a + b)
     if op == "-":
@@ -480,8 +744,17 @@ def _arith(a, b, op):
     return _check_number(_safe_pow(a, b))
 
 
+def _as_exact_number(value):
+    if isinstance(value, Percent):
+        value = _as_exact_number(value.value) / 100
+    value = exact_value(value)
+    if not isinstance(value, sympy.Basic):
+        raise ParseError("arithmetic on a tuple, set, relation or equation")
+    return value
+
+
 def parse(text: str):
-    """Answer text -> sympy expression, Seq, Equation, Matrix or _Percent. Raises ParseError."""
+    """Answer text -> sympy expression or one of the containers above. Raises ParseError."""
     s = normalize(text)
     if not s:
         raise ParseError("empty answer")
@@ -490,8 +763,12 @@ def parse(text: str):
 
 
 def text_key(text: str) -> str:
-    """Normalised text for answers that are words (multiple-choice letters, names, yes/no)."""
-    s = normalize(text) if len(text) <= MAX_CHARS else text[:MAX_CHARS]
+    """Normalised text for answers that are words (multiple-choice letters, names, yes/no). Never raises:
+    text that does not even normalise (unbalanced braces, a decimal comma) is compared as written."""
+    try:
+        s = normalize(text) if len(text) <= MAX_CHARS else text[:MAX_CHARS]
+    except ParseError:
+        s = text[:MAX_CHARS]
     s = s.lower().strip()
     s = re.sub(r"^\(?([a-e])\)$", r"\1", s)  # "(B)" -> "b"
     s = re.sub(r"[\s.:;!?\"'`]+", " ", s).strip()

@@ -130,6 +130,30 @@ EQUIV = [
     ("\\infty", "-\\infty", F),
     ("\\sqrt{2}", "2", F),
     ("-\\frac{1}{2}", "\\frac{1}{2}", F),
+    # numeric rules (tests/reward/test_numeric_rules.py has the full set, 1e-30 .. 1e30)
+    ("0", "10^{-7}", F),
+    ("3\\cdot 10^{-9}", "7\\cdot 10^{-9}", F),
+    ("10^{-9}", "0", F),
+    ("1000000.5", "1000000", F),
+    ("3 4", "12", F),
+    ("3.333333\\cdot 10^{-31}", "\\frac{1}{3}\\cdot 10^{-30}", T),
+    ("3.333\\cdot 10^{-31}", "\\frac{1}{3}\\cdot 10^{-30}", F),
+    ("3.1415936", "\\pi", F),
+    ("12\\,34", "1234", F),
+    ("1\\,000\\,000", "10^6", T),
+    # answer forms (tests/reward/test_equivalence_breadth.py has the full set)
+    ("(4,1)", "(a,b)=(4,1)", T),
+    ("(1,4)", "(a,b)=(4,1)", F),
+    ("(a,b)=(4,1)", "(a,b)=(4,1)", T),
+    ("2", "g(x)=2", T),
+    ("x > 2", "2 < x", T),
+    ("x \\geq 2", "x > 2", F),
+    ("x\\in[0,3)", "0 \\le x < 3", T),
+    ("\\cos^2 t", "1 - \\sin^2 t", T),
+    ("\\log^2 x", "\\log(x^2)", F),
+    ("x = 2 + 3 = 5", "5", T),
+    ("\\frac{1}{3} \\approx 0.333", "\\frac{1}{3}", T),
+    ("50 \\text{ percent}", "0.5", T),
 ]
 
 # (full completion, gold, template, expected status, expected reward)
