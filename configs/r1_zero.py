@@ -26,7 +26,7 @@ def _base() -> ConfigDict:
         # ④ ⑤ GRPO: the fields of r1jax.grpo.config.GRPOConfig (docs/grpo.md)
         grpo=config_fields(GRPOConfig),
         rl=dict(steps=200, dynamic_sampling=False, dynamic_sampling_rounds=3, ref_refresh_every=0,
-                samples_every=10),
+                samples_every=10, max_staleness=0, sampler_devices=0),
         # The tiny base model's pretraining (only with policy.source == "pretrain"; r1jax/stages/pretrain.py)
         pretrain=dict(
             n_docs=24000, tokenizer_vocab=512, seq_len=256, batch_size=16, steps=1500, learning_rate=3e-3,

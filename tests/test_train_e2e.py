@@ -77,9 +77,19 @@ def test_two_plus_grpo_steps_end_to_end_on_8_devices(uninterrupted):
         assert any("completion" in json.loads(line) for line in f)
 
 
-def test_kill_9_then_same_command_resumes_exactly(uninterrupted, tmp_path):
-    workdir = str(tmp_path / "b")
-    proc = subprocess.Popen(_cmd(workdir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+ASYNC = ["--config.rl.max_staleness=1", "--config.rl.sampler_devices=4"]  # 4 trainer + 4 sampler devices
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_async(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "async")
+    proc = subprocess.run(_cmd(workdir, *ASYNC), env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+def _kill_after_first_checkpoint_then_rerun(workdir, *extra):
+    proc = subprocess.Popen(_cmd(workdir, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     done = os.path.join(workdir, "checkpoints", "1")
     deadline = time.time() + 900
@@ -90,16 +100,34 @@ def test_kill_9_then_same_command_resumes_exactly(uninterrupted, tmp_path):
     proc.wait()
     steps_before = [r["step"] for r in _metrics(workdir)]
     assert 0 in steps_before and max(steps_before) <= 2
-
-    again = subprocess.run(_cmd(workdir), env=_env(), capture_output=True, text=True, timeout=900)
+    again = subprocess.run(_cmd(workdir, *extra), env=_env(), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-4000:]
     assert [r["step"] for r in _metrics(workdir)] == [0, 1, 2, 3]  # no gap, no repeat
+
+
+def test_kill_9_then_same_command_resumes_exactly(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "b")
+    _kill_after_first_checkpoint_then_rerun(workdir)
     # Same data order, same rng stream, same rewards: bit-identical to the run that was never killed.
     for a, b in zip(_final_params(uninterrupted, 3), _final_params(workdir, 3)):
         np.testing.assert_array_equal(a, b)
     resumed = _metrics(workdir)[3]
     reference = _metrics(uninterrupted)[3]
     assert resumed["reward/total"] == reference["reward/total"]
+
+
+def test_async_rollout_on_its_own_devices_resumes_exactly(uninterrupted_async, tmp_path):
+    """max_staleness=1 with the sampler on 4 of the 8 devices: the rollout of step t+1 is drawn by the
+    policy of step t; a checkpoint keeps that policy, so a killed run redraws the in-flight rollout."""
+    rows = _metrics(uninterrupted_async)
+    assert [r["rollout/staleness"] for r in rows[1:]] == [0.0, 1.0, 1.0]
+    # the rollout of step 3 was drawn while step 2 trained
+    assert rows[3]["time/rollout_start"] < rows[2]["time/update_end"]
+    workdir = str(tmp_path / "async_killed")
+    _kill_after_first_checkpoint_then_rerun(workdir, *ASYNC)
+    for a, b in zip(_final_params(uninterrupted_async, 3), _final_params(workdir, 3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _metrics(workdir)[3]["reward/total"] == rows[3]["reward/total"]
 
 
 @pytest.mark.parametrize(

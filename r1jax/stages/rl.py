@@ -10,6 +10,8 @@ optimizer, π_ref, data position and rng stream (rng of step s = fold_in(seed, s
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -32,7 +34,7 @@ from r1jax.grpo import (
     zero_variance_fraction,
 )
 from r1jax.metrics import METRICS_FILE, plot_run, read_jsonl, reflection_rate
-from r1jax.parallel.mesh import MeshConfig
+from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.rollout.types import FINISH_LENGTH
 from r1jax.trainer import config as C
 from r1jax.trainer.evaluation import EvalSpec, Evaluator
@@ -52,6 +54,9 @@ FIELD_DOCS = {
     "rl.dynamic_sampling_rounds": "at most this many extra rollouts per step to find informative groups",
     "rl.ref_refresh_every": "copy the policy into π_ref every this many steps (0 = π_ref stays the start)",
     "rl.samples_every": "write a few completions to samples.jsonl every this many steps",
+    "rl.max_staleness": "asynchronous rollout: the rollout of step t+s is drawn (with the policy of step t) while "
+                        "step t trains; 0 = synchronous",
+    "rl.sampler_devices": "devices set aside for the sampler (the last ones); 0 = the sampler shares the trainer's",
 }
 
 
@@ -75,6 +80,9 @@ class RLSpec:
     dynamic_sampling_rounds: int
     ref_refresh_every: int
     samples_every: int
+    max_staleness: int
+    """s: the rollout used at step t was sampled by the policy of step t - s (π_old is that policy)."""
+    sampler_devices: int
     eval: EvalSpec
     checkpoint_every: int
     checkpoint_keep: int
@@ -96,7 +104,7 @@ def build(c, n_devices: int | None = None) -> RLSpec:
         optim=C.optim_config(c, rl["steps"] * grpo.mu),
         steps=rl["steps"], dynamic_sampling=rl["dynamic_sampling"],
         dynamic_sampling_rounds=rl["dynamic_sampling_rounds"], ref_refresh_every=rl["ref_refresh_every"],
-        samples_every=rl["samples_every"],
+        samples_every=rl["samples_every"], max_staleness=rl["max_staleness"], sampler_devices=rl["sampler_devices"],
         eval=C.eval_spec(c),
         checkpoint_every=c.checkpoint.every, checkpoint_keep=c.checkpoint.keep,
     )
@@ -105,29 +113,60 @@ def build(c, n_devices: int | None = None) -> RLSpec:
     C.require(spec.checkpoint_every >= 1, "checkpoint.every", "must be >= 1")
     C.require(spec.checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1")
     C.require(spec.rollout.temperature > 0, "rollout.temperature", "must be > 0 for training rollouts")
-    C.check_rows(spec.mesh, spec.prompts_per_step * grpo.group_size, spec.step.micro_batches, n_devices,
-                 "data.prompts_per_step", "prompts_per_step * grpo.group_size rollouts")
+    C.require(spec.max_staleness >= 0, "rl.max_staleness", f"must be >= 0, got {spec.max_staleness}")
+    C.require(not (spec.max_staleness and spec.dynamic_sampling), "rl.max_staleness",
+              "asynchronous rollout with rl.dynamic_sampling is not supported (the refill draws depend on rewards)")
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    C.require(0 <= spec.sampler_devices < n_devices, "rl.sampler_devices",
+              f"must leave the trainer at least one of the {n_devices} devices, got {spec.sampler_devices}")
+    C.check_rows(spec.mesh, spec.prompts_per_step * grpo.group_size, spec.step.micro_batches,
+                 n_devices - spec.sampler_devices, "data.prompts_per_step",
+                 "prompts_per_step * grpo.group_size rollouts")
     return spec
 
 
 def run(spec: RLSpec, workdir: str, client) -> dict:
-    with Session(workdir, spec.mesh, keep=spec.checkpoint_keep) as session:
-        history = _loop(spec, session, client)
+    devices = jax.devices()
+    trainer_devices = devices[: len(devices) - spec.sampler_devices]
+    with Session(workdir, spec.mesh, keep=spec.checkpoint_keep,
+                 mesh=make_mesh(spec.mesh, devices=trainer_devices)) as session:
+        sampler_mesh = session.mesh
+        if spec.sampler_devices:
+            sampler_mesh = make_mesh(MeshConfig(fsdp=-1), devices=devices[len(trainer_devices):])
+            console.say("sampler", f"{spec.sampler_devices} devices of its own, weights moved device to device "
+                                   f"every step")
+        history = _loop(spec, session, client, sampler_mesh)
     if session.is_main and spec.steps > 0:
-        evals = [r for r in read_jsonl(os.path.join(workdir, METRICS_FILE)) if "eval/pass@1" in r]
-        if len(evals) >= 2:
-            first, last = evals[0], evals[-1]
-            console.say("result", "held-out " + ", ".join(
-                f"{name} {first[key]:.3f} -> {last[key]:.3f}" for key, name in
-                (("eval/pass@1", "pass@1"), ("eval/cons@k", f"cons@{spec.eval.k}"), ("eval/format", "format"))
-                if isinstance(first.get(key), float) and isinstance(last.get(key), float))
-                + f" (step {first['step']} -> {last['step']})")
+        _summary(workdir, spec.eval.k)
         console.say("plots", "\n".join(plot_run(workdir)))
     return history
 
 
-def _loop(spec: RLSpec, session: Session, client) -> dict:
-    G, mesh = spec.grpo.group_size, session.mesh
+def _summary(workdir: str, k: int) -> None:
+    evals = [r for r in read_jsonl(os.path.join(workdir, METRICS_FILE)) if "eval/pass@1" in r]
+    if len(evals) < 2:
+        return
+    first, last = evals[0], evals[-1]
+    keys = (("eval/pass@1", "pass@1"), ("eval/cons@k", f"cons@{k}"), ("eval/format", "format"))
+    console.say("result", "held-out " + ", ".join(
+        f"{name} {first[key]:.3f} -> {last[key]:.3f}" for key, name in keys
+        if isinstance(first.get(key), float) and isinstance(last.get(key), float))
+        + f" (step {first['step']} -> {last['step']})")
+
+
+@dataclasses.dataclass
+class Pending:
+    """A rollout in flight (asynchronous mode): drawn for `step` by `sampler` (the policy's weights when
+    it was launched, kept as π_old), from the prompts after iterator state `prompts_state`."""
+
+    step: int
+    future: concurrent.futures.Future
+    sampler: dict
+    prompts_state: dict
+
+
+def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
+    G, mesh, S = spec.grpo.group_size, session.mesh, spec.max_staleness
 
     # ── setup: the policy, π_ref, the problems (held-out ones never in training) ───────────────
     policy = load_policy(spec.policy, spec.model, mesh)
@@ -135,8 +174,10 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
     state = session.init_state(policy, optimizer, spec.seed, stage="rl", template=spec.template)
     # π_ref: the starting policy, frozen with its router bias (refreshed every ref_refresh_every steps
     # if > 0). Its own buffers, since the update donates the state; not kept at all when β = 0.
-    ref = copy_tree({"params": state.params, "model_state": state.model_state}) if spec.grpo.beta > 0 else None
-    state, extras, data_state = session.resume(state, {"ref": ref})
+    ref = copy_tree(like_of(state)) if spec.grpo.beta > 0 else None
+    # the weights of the rollouts in flight at the checkpoint (asynchronous mode), to redraw them exactly
+    n_inflight = min(S, spec.steps - session.start_step) if session.start_step else 0
+    state, extras, data_state = session.resume(state, {"ref": ref, "inflight": [like_of(state)] * n_inflight or None})
     ref = extras["ref"]
     train_examples, eval_examples, _ = load_splits(spec.task)
     console.say("task", f"{spec.task.task}: {len(train_examples):,} training problems, {len(eval_examples)} held out "
@@ -152,7 +193,7 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
         seed=spec.seed))[0])
     if data_state:
         prompts.set_state(data_state["prompts"])
-    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout)
+    generate = Generator(policy.graphdef, sampler_mesh, policy.tokenizer, spec.rollout)
     train_sampling = generate.sampling(n=G)
     score = Scorer(client, spec.template, dict(spec.reward.weights))
     evaluate = Evaluator(generate, score, eval_examples, spec.template, spec.eval, spec.seed)
@@ -160,12 +201,28 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
     logprobs = make_logprob_fn(policy.graphdef, mesh, spec.step.logprob_chunk, session.shardings.params,
                                session.shardings.model_state)
 
-    def rollout_and_score(batch, key):
+    def rollout_and_score(batch, key, weights):
         t0 = time.perf_counter()
-        rollout = generate.block(generate(state.params, state.model_state, batch, train_sampling, key))
+        rollout = generate.block(generate(weights["params"], weights["model_state"], batch, train_sampling, key))
+        if sampler_mesh is not mesh:  # from the sampler's devices to the trainer's
+            rollout = shard_batch(rollout, mesh)
         t1 = time.perf_counter()
         examples = [ex for ex in batch.examples for _ in range(G)]
-        return rollout, examples, score(examples, rollout.texts), t1 - t0, time.perf_counter() - t1
+        return rollout, examples, score(examples, rollout.texts), (t0, t1, time.perf_counter())
+
+    # ── asynchronous rollout (rl.max_staleness = S > 0): the rollout of step t + S is drawn by the
+    #    policy of step t in a host thread while step t trains; π_old is the policy that sampled ──
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1) if S else None
+    pending: collections.deque[Pending] = collections.deque()
+
+    def launch(step: int, weights: dict) -> None:
+        prompts_state = prompts.get_state()
+        future = executor.submit(rollout_and_score, next(prompts), step_key(state, step), weights)
+        pending.append(Pending(step, future, weights, prompts_state))
+
+    if S:
+        for i, step in enumerate(range(session.start_step, min(session.start_step + S, spec.steps))):
+            launch(step, extras["inflight"][i] if extras["inflight"] else copy_tree(like_of(state)))
 
     def run_eval(step: int) -> dict:
         result = evaluate(state.params, state.model_state, step)
@@ -177,15 +234,25 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
     history = {}
     bar = tqdm(range(session.start_step, spec.steps), initial=session.start_step, total=spec.steps, desc="GRPO",
                disable=not session.is_main, mininterval=1)
+    t_loop = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()
         key = step_key(state, step)
 
         # ── ① prompts + ② rollout (G samples per prompt, rows prompt-major) + ③ rewards ─────────
-        rollout, examples, rewards, t_rollout, t_reward = rollout_and_score(next(prompts), key)
+        if S:
+            drawn = pending.popleft()
+            rollout, examples, rewards, times = drawn.future.result()
+            sampler_weights = drawn.sampler  # π_old: the policy that sampled, S steps ago
+            if step + S < spec.steps:  # the next rollout, drawn while this step trains
+                launch(step + S, copy_tree(like_of(state)))
+        else:
+            sampler_weights = like_of(state)
+            rollout, examples, rewards, times = rollout_and_score(next(prompts), key, sampler_weights)
         extra_rounds = 0
         if spec.dynamic_sampling:  # DAPO: replace groups whose rewards all tie (no gradient)
-            draw = lambda r, key=key: rollout_and_score(next(prompts), jax.random.fold_in(key, r))[:3]
+            draw = lambda r, key=key, weights=sampler_weights: rollout_and_score(
+                next(prompts), jax.random.fold_in(key, r), weights)[:3]
             rollout, examples, rewards, extra_rounds = fill_informative_groups(
                 (rollout, examples, rewards), draw, G, spec.dynamic_sampling_rounds)
         t2 = time.perf_counter()
@@ -196,7 +263,7 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
 
         # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps); the
         #    sampler's own log-probs give the sampler/trainer mismatch metric ──────────────────
-        old_logp = logprobs(state.params, state.model_state, rollout.tokens_bl, mask_bl)
+        old_logp = logprobs(sampler_weights["params"], sampler_weights["model_state"], rollout.tokens_bl, mask_bl)
         ref_logp = (logprobs(ref["params"], ref["model_state"], rollout.tokens_bl, mask_bl)
                     if ref is not None else jnp.zeros_like(old_logp))
         batch = TrainBatch(
@@ -214,7 +281,7 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
         check_finite(step_metrics, step)
         done = step + 1
         if ref is not None and spec.ref_refresh_every and done % spec.ref_refresh_every == 0:
-            ref = copy_tree({"params": state.params, "model_state": state.model_state})
+            ref = copy_tree(like_of(state))
         t3 = time.perf_counter()
 
         # ── what a researcher watches ───────────────────────────────────────────────────────────
@@ -230,9 +297,13 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
             "rollout/zero_var_groups": zero_variance_fraction(rewards.rewards, G, rewards.valid),
             **{f"grpo/{k}": float(v) for k, v in step_metrics.items()
                if k != "kl" or spec.grpo.beta > 0},  # without π_ref (β = 0) there is no KL to show
-            "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t3 - t2,
-            "time/step_s": t3 - t0, "throughput/rollout_tokens_per_s": float(lengths.sum()) / max(t_rollout, 1e-9),
-            "rollout/dynamic_sampling_rounds": extra_rounds,
+            "time/rollout_s": times[1] - times[0], "time/reward_s": times[2] - times[1], "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0, "time/wait_for_rollout_s": t2 - t0,
+            # one step's timeline (seconds since the loop began): does the rollout overlap the update?
+            "time/rollout_start": times[0] - t_loop, "time/rollout_end": times[1] - t_loop,
+            "time/update_start": t2 - t_loop, "time/update_end": t3 - t_loop,
+            "throughput/rollout_tokens_per_s": float(lengths.sum()) / max(times[1] - times[0], 1e-9),
+            "rollout/dynamic_sampling_rounds": extra_rounds, "rollout/staleness": float(min(S, step)),
         }
         if spec.eval.due(done, spec.steps):
             scalars.update(run_eval(done))
@@ -248,6 +319,14 @@ def _loop(spec: RLSpec, session: Session, client) -> dict:
 
         # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────────
         if done % spec.checkpoint_every == 0 or done == spec.steps:
-            session.save(done, state, {"ref": ref}, data_state={"prompts": prompts.get_state()})
+            session.save(done, state, {"ref": ref, "inflight": [p.sampler for p in pending] or None},
+                         data_state={"prompts": pending[0].prompts_state if pending else prompts.get_state()})
         history = scalars
+    if executor is not None:
+        executor.shutdown()
     return history
+
+
+def like_of(state) -> dict:
+    """The policy part of a train state: what samples, and what π_old and π_ref are made of."""
+    return {"params": state.params, "model_state": state.model_state}

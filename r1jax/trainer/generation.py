@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data.pipeline import PromptBatch
-from r1jax.rollout import Rollout, Sampler, SamplingParams
+from r1jax.rollout import Rollout, Sampler, SamplingParams, reshard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +41,12 @@ class RolloutSpec:
 
 
 class Generator:
+    """Samples on `mesh`: the trainer's own, or separate sampler devices (the weights are then moved
+    device to device before each generation, `rollout.reshard`)."""
+
     def __init__(self, graphdef, mesh: Mesh, tokenizer, spec: RolloutSpec):
         self.sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id))
-        self.tokenizer, self.spec = tokenizer, spec
+        self.mesh, self.tokenizer, self.spec = mesh, tokenizer, spec
         self.stop_token_ids = tuple(sorted({int(tokenizer.eos_id)} | set(spec.stop_token_ids)))
 
     def sampling(self, n: int, temperature: float | None = None, top_p: float | None = None,
@@ -56,8 +59,16 @@ class Generator:
             max_new_tokens=max_new_tokens or s.max_new_tokens, stop_token_ids=self.stop_token_ids,
             stop_strings=s.stop_strings, n=n)
 
-    def __call__(self, params, model_state, batch: PromptBatch, sampling: SamplingParams, key) -> Rollout:
+    def weights(self, params, model_state):
+        """The model state laid out on the sampler's mesh (a no-op when it shares the trainer's)."""
         full = nnx.merge_state(params, model_state)
+        first = jax.tree.leaves(full)[0]
+        if set(first.sharding.device_set) <= set(self.mesh.devices.flat):
+            return full
+        return reshard(full, self.mesh)
+
+    def __call__(self, params, model_state, batch: PromptBatch, sampling: SamplingParams, key) -> Rollout:
+        full = self.weights(params, model_state)
         return self.sampler.generate(full, batch.tokens_bp, batch.lens_b, sampling, key, tokenizer=self.tokenizer)
 
     def block(self, rollout: Rollout) -> Rollout:
