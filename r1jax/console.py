@@ -36,6 +36,16 @@ def say(label: str, text: str = "") -> None:
     sys.stdout.flush()
 
 
+def progress(iterable, desc: str, **kwargs):
+    """A tqdm progress bar on process 0; TQDM_DISABLE=1 in the environment turns it off (notebooks, logs)."""
+    import os
+
+    from tqdm import tqdm
+
+    disable = not _is_main() or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return tqdm(iterable, desc=desc, disable=disable, **kwargs)
+
+
 def duration(seconds: float) -> str:
     """'48 s', '4 min 12 s', '1 h 05 min'."""
     seconds = int(round(seconds))

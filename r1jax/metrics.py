@@ -136,11 +136,11 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
-    """Writes accuracy.png (Fig. 2), response_length.png (Fig. 3), reflection.png; returns paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Writes accuracy.png (Fig. 2), response_length.png (Fig. 3), reflection.png; returns paths.
+    Draws on its own Agg canvases: the process's matplotlib backend (a notebook's inline one) is left
+    as it is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = read_jsonl(os.path.join(workdir, METRICS_FILE))
     if not rows:
@@ -158,7 +158,9 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
     ]
     paths = []
     for fname, title, ylabel, keys in views:
-        fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+        fig = Figure(figsize=(5.5, 3.5), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         drawn = 0
         for key, label in keys:
             s, v = _series(rows, key)
@@ -175,6 +177,5 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
         fig.tight_layout()
         path = os.path.join(out_dir, fname)
         fig.savefig(path)
-        plt.close(fig)
         paths.append(path)
     return paths

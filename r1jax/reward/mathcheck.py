@@ -142,7 +142,8 @@ def _last_answer_block(completion: str) -> str | None:
 
 def _r1_zero_well_formed(completion: str) -> bool:
     """[<think>] reasoning </think> <answer> answer </answer>: one of each tag, whitespace only around them,
-    reasoning and answer free of tags. A linear scan over the tags (the equivalent regex backtracked over
+    reasoning and answer free of tags and not empty (an empty <answer></answer> earned full format credit,
+    and a GRPO policy found it). A linear scan over the tags (the equivalent regex backtracked over
     leading whitespace: quadratic)."""
     text = completion.lstrip()
     if text.startswith("<think>"):
@@ -150,15 +151,17 @@ def _r1_zero_well_formed(completion: str) -> bool:
     tags = [(m.group(0), m.start(), m.end()) for m in itertools.islice(_TAGS.finditer(text), 4)]
     if [t for t, _, _ in tags] != ["</think>", "<answer>", "</answer>"]:
         return False
-    (_, _, think_end), (_, answer_start, _), (_, _, answer_end) = tags
-    return not text[think_end:answer_start].strip() and not text[answer_end:].strip()
+    (_, think_start, think_end), (_, answer_start, answer_open_end), (_, answer_close, answer_end) = tags
+    return (not text[think_end:answer_start].strip() and not text[answer_end:].strip()
+            and bool(text[:think_start].strip()) and bool(text[answer_open_end:answer_close].strip()))
 
 
 def _split_r1_zero(completion: str) -> CompletionParts:
     # The prompt ends with "Assistant:"; the completion may open <think> itself or continue as if it had.
     before = completion.rsplit("</think>", 1)[0]
     ok = _r1_zero_well_formed(completion)
-    note = "" if ok else "expected [<think>] reasoning </think> <answer> answer </answer>, one of each, nothing after"
+    note = "" if ok else ("expected [<think>] reasoning </think> <answer> answer </answer>: one of each, "
+                          "reasoning and answer not empty, nothing after")
     return CompletionParts(_reasoning(before), _last_answer_block(completion), ok, note)
 
 

@@ -19,7 +19,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from r1jax import console
 from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
@@ -232,8 +231,8 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
     if session.start_step == 0:
         session.log(0, run_eval(0))
     history = {}
-    bar = tqdm(range(session.start_step, spec.steps), initial=session.start_step, total=spec.steps, desc="GRPO",
-               disable=not session.is_main, mininterval=1)
+    bar = console.progress(range(session.start_step, spec.steps), "GRPO", initial=session.start_step,
+                           total=spec.steps, mininterval=1)
     t_loop = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()

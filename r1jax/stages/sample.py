@@ -17,7 +17,6 @@ import os
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from r1jax import console
 from r1jax.data.cold_start import NotConvertible, cold_start_example
@@ -111,7 +110,7 @@ def run(spec: SampleSpec, workdir: str, client) -> dict:
     scored_path = os.path.join(workdir, SCORED)
     done = _completed_batches(scored_path)
     key = jax.random.key(spec.seed)
-    for i in tqdm(range(done, len(batches)), initial=done, total=len(batches), desc="sample", disable=not is_main):
+    for i in console.progress(range(done, len(batches)), "sample", initial=done, total=len(batches)):
         batch = batches[i]
         rollout = generate(policy.params, policy.model_state, batch, sampling, jax.random.fold_in(key, i))
         examples = [ex for ex in batch.examples for _ in range(spec.k)]

@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
+from r1jax import console
 from r1jax.trainer.session import Session
 from r1jax.trainer.state import TrainState, batch_sharding, shard_batch
 from r1jax.trainer.step import Objective, check_finite
@@ -77,8 +77,7 @@ def fit(session: Session, state: TrainState, train_step, batches, spec: FitSpec,
     start = session.start_step
     if start == 0 and evaluate is not None:
         session.log(0, evaluate(state, 0))
-    bar = tqdm(range(start, spec.steps), initial=start, total=spec.steps, desc=spec.desc,
-               disable=not session.is_main, mininterval=2)
+    bar = console.progress(range(start, spec.steps), spec.desc, initial=start, total=spec.steps, mininterval=2)
     t_last, tokens = time.perf_counter(), 0.0
     for step in bar:
         try:

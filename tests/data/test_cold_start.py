@@ -104,9 +104,10 @@ def test_boxed_answer_block_and_braces():
         ("I think 28. \\boxed{28}", cold_start.NOT_R1_ZERO),
         ("<think> 28 </think> <answer> 28 </answer> and more text", cold_start.NOT_R1_ZERO),
         (f"{M} 28 {M} \\boxed{{28}}", cold_start.NOT_R1_ZERO),
-        ("<think> 28 </think> <answer>   </answer>", cold_start.NO_ANSWER),
+        # an empty answer or reasoning breaks the R1-Zero format itself (the format reward gives it 0)
+        ("<think> 28 </think> <answer>   </answer>", cold_start.NOT_R1_ZERO),
         ("<think> 28 </think> <answer> \\boxed{28} or \\boxed{29} </answer>", cold_start.NO_ANSWER),
-        ("<think>   </think> <answer> 28 </answer>", cold_start.EMPTY_REASONING),
+        ("<think>   </think> <answer> 28 </answer>", cold_start.NOT_R1_ZERO),
         (f"<think> a {M} b </think> <answer> 28 </answer>", cold_start.MARKER_IN_TEXT),
         ("<think> 28 </think> <answer> 28} </answer>", cold_start.ANSWER_NOT_BOXABLE),
     ],
@@ -132,7 +133,7 @@ def test_file_skips_and_counts(tmp_path):
         "",  # blank lines are not rows
         dict(good[1], correct=False),
         {k: v for k, v in good[2].items() if k != "completion"} | {"response": good[2]["completion"]},
-        dict(good[0], completion="<think> x </think> <answer> </answer>"),
+        dict(good[0], completion="<think> x </think> <answer> \\boxed{1} or \\boxed{2} </answer>"),
         dict(good[0], completion="<think> y </think>"),
     ]
     src = _write(tmp_path / "samples.jsonl", rows)

@@ -166,3 +166,17 @@ def test_readable_item_through_the_server(client):
     # "I add" -> 2/2.
     np.testing.assert_allclose(b.components["language"], [1.0, 4 / 6, 1.0], rtol=1e-6)
     np.testing.assert_allclose(b.rewards, [1.75, 1.5 + 0.25 * 4 / 6, 1.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize("completion, ok", [
+    ("<think> 3 + 4 = 7 </think> <answer> 7 </answer>", True),
+    (" 3 + 4 = 7 </think> <answer> 7 </answer>", True),  # the prompt opened <think>
+    ("<think> 3 + 4 = 7 </think> <answer> </answer>", False),  # an empty answer is no answer (a found hack)
+    ("<think> 3 + 4 = 7 </think> <answer></answer>", False),
+    ("<think> </think> <answer> 7 </answer>", False),  # nor is an empty reasoning a reasoning
+    ("</think> <answer> 7 </answer>", False),
+])
+def test_r1_zero_format_needs_a_reasoning_and_an_answer(completion, ok):
+    from r1jax.reward.textrewards import format_reward
+
+    assert format_reward(completion, "r1_zero").score == (1.0 if ok else 0.0)
