@@ -44,6 +44,7 @@ setup(
             "ipykernel>=6",
         ],
         "notebooks": ["jupyterlab>=4", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
+        "tensorboard": ["tensorboard>=2.15"],  # `tensorboard --logdir runs/` reads every run's tb/
         "dev": ["ruff>=0.6", "pytest>=8", "math-verify>=0.9"],  # math-verify: the reward benchmark's peer
     },
     entry_points={
