@@ -26,15 +26,19 @@ class TrainBatch:
     truncated_b: jax.Array | None = None
     """float32 [B]: 1 where the completion hit the length cap (masked when mask_truncated)."""
     sampler_logp_bl: jax.Array | None = None
-    """float32 [B, L]: the sampler's own log-probs when old_logp_bl was recomputed (mismatch metric)."""
+    """float32 [B, L]: the sampler's own log-probs of the T=1 untruncated policy (the rollout's
+    logp_policy_bl, not logp_sampling_bl) when old_logp_bl was recomputed: the mismatch metric, and the
+    denominator of ρ = π_old/π_sampler for GRPOConfig.is_correction (required then)."""
 
 
 _BL_FLOAT = ("completion_mask_bl", "old_logp_bl", "ref_logp_bl", "sampler_logp_bl")
 
 
-def validate_batch(batch: TrainBatch, group_size: int | None = None, micro_batches: int = 1) -> None:
+def validate_batch(batch: TrainBatch, group_size: int | None = None, micro_batches: int = 1,
+                   require_sampler_logp: bool = False) -> None:
     """Raises ValueError naming the field for wrong shapes, dtypes or non-finite values (host side,
-    before the jitted step; a bad batch must never reach the compiled program)."""
+    before the jitted step; a bad batch must never reach the compiled program).
+    require_sampler_logp: sampler_logp_bl must be present (GRPOConfig.is_correction != "none")."""
     tokens = batch.tokens_bl
     if tokens is None or np.ndim(tokens) != 2:
         raise ValueError(f"TrainBatch.tokens_bl must be [B, L], got shape {np.shape(tokens)}")
@@ -45,6 +49,9 @@ def validate_batch(batch: TrainBatch, group_size: int | None = None, micro_batch
     for name, shape in expected.items():
         x = getattr(batch, name)
         if x is None:
+            if name == "sampler_logp_bl" and require_sampler_logp:
+                raise ValueError("TrainBatch.sampler_logp_bl is missing: GRPOConfig.is_correction needs the "
+                                 "rollout's logp_policy_bl")
             if name in ("truncated_b", "sampler_logp_bl"):
                 continue
             raise ValueError(f"TrainBatch.{name} is missing")
