@@ -29,6 +29,7 @@ from r1jax.grpo import (
     advantages,
     fill_informative_groups,
     make_update_step,
+    overlong_penalty,
     validate_batch,
     zero_variance_fraction,
 )
@@ -112,6 +113,8 @@ def build(c, n_devices: int | None = None) -> RLSpec:
     C.require(spec.checkpoint_every >= 1, "checkpoint.every", "must be >= 1")
     C.require(spec.checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1")
     C.require(spec.rollout.temperature > 0, "rollout.temperature", "must be > 0 for training rollouts")
+    C.require(grpo.overlong_buffer <= spec.rollout.max_new_tokens, "grpo.overlong_buffer",
+              f"must be <= rollout.max_new_tokens={spec.rollout.max_new_tokens}, got {grpo.overlong_buffer}")
     C.require(spec.max_staleness >= 0, "rl.max_staleness", f"must be >= 0, got {spec.max_staleness}")
     C.require(not (spec.max_staleness and spec.dynamic_sampling), "rl.max_staleness",
               "asynchronous rollout with rl.dynamic_sampling is not supported (the refill draws depend on rewards)")
@@ -256,8 +259,11 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
                 (rollout, examples, rewards), draw, G, spec.dynamic_sampling_rounds)
         t2 = time.perf_counter()
 
-        # ── ④ advantages (eq. 3); infrastructure failures are masked, not rewarded 0 ────────────
-        adv_b = advantages(rewards.rewards, G, spec.grpo.adv_scale, rewards.valid, spec.grpo.adv_eps)
+        # ── ④ advantages (eq. 3) of the task reward plus DAPO's soft overlong punishment (if on);
+        #    infrastructure failures are masked, not rewarded 0 ─────────────────────────────────
+        penalty_b = overlong_penalty(np.asarray(rollout.completion_lens_b), spec.rollout.max_new_tokens,
+                                     spec.grpo.overlong_buffer, spec.grpo.overlong_penalty_factor)
+        adv_b = advantages(rewards.rewards + penalty_b, G, spec.grpo.adv_scale, rewards.valid, spec.grpo.adv_eps)
         mask_bl = jnp.asarray(rollout.completion_mask_bl) * jnp.asarray(rewards.valid, jnp.float32)[:, None]
 
         # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps); the
@@ -271,7 +277,7 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
             truncated_b=(rollout.finish_reason_b == FINISH_LENGTH).astype(jnp.float32),
             sampler_logp_bl=rollout.logp_policy_bl * mask_bl,
         )
-        validate_batch(batch, G, spec.step.micro_batches)
+        validate_batch(batch, G, spec.step.micro_batches, require_sampler_logp=spec.grpo.is_correction != "none")
         batch = shard_batch(batch, mesh)
         for _ in range(spec.grpo.mu):
             with jax.transfer_guard("disallow"):  # everything the step needs is already on device
@@ -289,6 +295,7 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
             "reward/total": float(np.mean(rewards.rewards)),
             **{f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()},
             "reward/invalid_frac": float(1.0 - np.mean(rewards.valid)),
+            **({"reward/overlong_penalty": float(penalty_b.mean())} if spec.grpo.overlong_buffer else {}),
             "rollout/length_mean": float(lengths.mean()),
             "rollout/length_max": float(lengths.max()),
             "rollout/truncated_frac": float(np.mean(np.asarray(rollout.finish_reason_b) == FINISH_LENGTH)),
