@@ -53,6 +53,8 @@ class RewardBatch:
 
 
 _RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+DEADLINE_MARGIN_S = 0.5  # the server's deadline ends this much before ours, so its answer still reaches us
+MAX_DEADLINE_S = 3600.0  # the server's limit on deadline_s
 
 
 class RewardClient:
@@ -104,9 +106,11 @@ class RewardClient:
             self._rr += 1
             return self.urls[self._rr % len(self.urls)]
 
-    def _post(self, path: str, payload: dict) -> tuple[str, dict]:
+    def _post(self, path: str, payload: dict, send_deadline: bool = False) -> tuple[str, dict]:
         """POSTs with retries -> (url, decoded 200 answer). Raises RewardRequestError at once on a refusal
-        that retrying cannot fix (4xx but 429), RewardServerUnavailable when no server answered."""
+        that retrying cannot fix (4xx but 429), RewardServerUnavailable when no server answered.
+        send_deadline: tell the server how long we still wait ("deadline_s", queue wait included), so it
+        refuses (503) what it cannot finish in time and drops what we will no longer read."""
         body = json.dumps(payload).encode()
         deadline = time.monotonic() + self.timeout_s
         errors = []
@@ -115,6 +119,9 @@ class RewardClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            if send_deadline:
+                budget = min(left - DEADLINE_MARGIN_S, MAX_DEADLINE_S)
+                body = json.dumps({**payload, "deadline_s": max(0.1, budget)}).encode()
             try:
                 status, headers, data = self._request(url, "POST", path, body, left)
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
@@ -136,7 +143,7 @@ class RewardClient:
 
     def _score_chunk(self, items: list[dict]) -> list[dict]:
         try:
-            url, body = self._post("/score", {"items": items})
+            url, body = self._post("/score", {"items": items}, send_deadline=True)
         except RewardServerUnavailable as e:
             if self.on_unavailable == "raise":
                 raise

@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 
 from r1jax.reward import sandbox
 from r1jax.reward.mathcheck import split_completion
 from r1jax.reward.types import (
+    FILE_LIMIT,
+    MEMORY_LIMIT,
     NO_ANSWER,
     OK,
-    RESOURCE_LIMIT,
+    OUTPUT_LIMIT,
+    PROGRAM_REFUSED,
     RUNTIME_ERROR,
+    SIGNALED,
     TIMEOUT,
     WRONG,
     ItemError,
@@ -102,30 +107,40 @@ def extract_code(completion: str, template: str) -> str | None:
 _WHERE = {"r1_zero": "in the <answer> block", "r1": "in the summary", "chat": "after the reasoning"}
 
 
-def _failure_status(r: sandbox.RunResult) -> str:
-    if r.timed_out:
-        return TIMEOUT
-    if r.output_exceeded:
-        return RESOURCE_LIMIT
-    sig = r.signal
-    if sig is not None:
-        import signal as _signal
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
 
-        if sig in (_signal.SIGXCPU, _signal.SIGKILL):
-            return TIMEOUT
-        if sig in (_signal.SIGXFSZ, _signal.SIGSEGV, _signal.SIGBUS):
-            return RESOURCE_LIMIT
-        return RUNTIME_ERROR
+
+def run_failure(r: sandbox.RunResult, limits: sandbox.Limits) -> tuple[str, str] | None:
+    """(status, note) for a run stopped by a limit or that did not exit 0; None when it exited 0 within
+    every limit (its output then decides). The first matching rule wins (docs/reward.md § Statuses)."""
+    if r.timed_out:
+        return TIMEOUT, f"wall clock over {limits.wall_s:g} s"
+    if r.output_exceeded:
+        return OUTPUT_LIMIT, f"more than {limits.output_bytes} bytes of stdout + stderr"
+    if r.memory_exceeded:  # even if it exited 0: a process of the run was OOM-killed or the run was killed
+        return MEMORY_LIMIT, f"the run's processes together reached the {limits.memory_mb} MB memory cap"
+    if r.cpu_exceeded:
+        return TIMEOUT, f"CPU time over {limits.cpu_s} s"
+    if r.exit_code == 0:
+        return None
+    sig = r.signal
+    if sig == signal.SIGXFSZ:
+        return FILE_LIMIT, f"a file over {limits.fsize_mb} MB (SIGXFSZ)"
+    if sig is not None:
+        return SIGNALED, f"killed by {signal_name(sig)} (signal {sig})"
     tail = r.stderr[-2000:]
+    if r.exit_code == sandbox.EXIT_MEMORY or "MemoryError" in tail:
+        return MEMORY_LIMIT, f"MemoryError: address space over {limits.memory_mb} MB"
     # Python ignores SIGXFSZ, so RLIMIT_FSIZE surfaces as EFBIG (27); a full private tmpfs as ENOSPC (28)
-    if (
-        r.exit_code == sandbox.EXIT_MEMORY
-        or "MemoryError" in tail
-        or "[Errno 27]" in tail
-        or "[Errno 28]" in tail
-    ):
-        return RESOURCE_LIMIT
-    return RUNTIME_ERROR
+    if "[Errno 27]" in tail:
+        return FILE_LIMIT, f"a file over {limits.fsize_mb} MB (EFBIG)"
+    if "[Errno 28]" in tail:
+        return FILE_LIMIT, f"the private /tmp ({limits.tmpfs_mb} MB) is full (ENOSPC)"
+    return RUNTIME_ERROR, f"exit {r.exit_code}"
 
 
 def _lines(text: str) -> list[str]:
@@ -176,8 +191,12 @@ def verify_code(completion: str, meta: dict, template: str, limits: sandbox.Limi
     if code is None or not code.strip():
         return Verdict(0.0, NO_ANSWER, f"no ```python``` block {_WHERE[template]}")
     if len(code) > MAX_CODE_CHARS:
-        return Verdict(0.0, RESOURCE_LIMIT, f"program longer than {MAX_CODE_CHARS} characters")
+        return Verdict(0.0, PROGRAM_REFUSED, f"not run: program of {len(code)} characters, over {MAX_CODE_CHARS}")
     source = meta.get("prefix", "") + code
+    try:
+        source.encode()
+    except UnicodeEncodeError as e:
+        return Verdict(0.0, PROGRAM_REFUSED, f"not run: the program is not valid unicode ({e.reason})")
     fraction = meta.get("scoring", "all") == "fraction"
     if tests["type"] == "stdio":
         return _run_stdio(source, tests["cases"], fraction, limits)
@@ -188,11 +207,12 @@ def _run_stdio(source, cases, fraction, limits) -> Verdict:
     passed, first_fail = 0, None
     for k, case in enumerate(cases):
         r = sandbox.run_python(source, case["input"], limits)
-        if r.exit_code == 0 and not r.timed_out and _lines(r.stdout) == _lines(case["output"]):
+        failed = run_failure(r, limits)
+        if failed is None and _lines(r.stdout) == _lines(case["output"]):
             passed += 1
             continue
-        status = WRONG if r.exit_code == 0 else _failure_status(r)
-        first_fail = first_fail or (status, f"case {k}: {status}; stderr tail {r.stderr[-200:]!r}")
+        status, note = failed or (WRONG, "output differs")
+        first_fail = first_fail or (status, f"case {k}: {status}: {note}; stderr tail {r.stderr[-200:]!r}")
         if not fraction:
             break
     return _verdict(passed, len(cases), fraction, first_fail)
@@ -204,7 +224,8 @@ def _run_asserts(source, entry, tests, fraction, limits) -> Verdict:
     program = _HARNESS.format(token=token, entry=entry, tests=snippets, source=source)
     r = sandbox.run_python(program, "", limits)
     report = None
-    if r.exit_code == 0 and not (r.timed_out or r.output_exceeded):
+    failed = run_failure(r, limits)
+    if failed is None:
         last = r.stdout.rstrip("\n").rsplit("\n", 1)[-1].split(" ")
         if (
             len(last) == 2
@@ -214,9 +235,8 @@ def _run_asserts(source, entry, tests, fraction, limits) -> Verdict:
         ):
             report = last[1]
     if report is None:
-        status = _failure_status(r) if r.exit_code != 0 else WRONG
-        note = "exited before the tests finished" if r.exit_code == 0 else f"exit {r.exit_code}"
-        return Verdict(0.0, status, f"{note}; stderr tail {r.stderr[-300:]!r}")
+        status, note = failed or (WRONG, "exited before the tests finished")
+        return Verdict(0.0, status, f"{status}: {note}; stderr tail {r.stderr[-300:]!r}")
     passed = report.count("1")
     fail = None if passed == len(snippets) else (WRONG, f"passed {passed}/{len(snippets)} tests")
     return _verdict(passed, len(snippets), fraction, fail)

@@ -8,13 +8,21 @@ from typing import Any
 OK = "ok"
 WRONG = "wrong"
 NO_ANSWER = "no_answer"
-TIMEOUT = "timeout"
-RESOURCE_LIMIT = "resource_limit"
-RUNTIME_ERROR = "runtime_error"
+TIMEOUT = "timeout"  # CPU time or wall clock of a program, or a math check's deadline (the detail says which)
+MEMORY_LIMIT = "memory_limit"  # RLIMIT_AS (MemoryError) or the run's memory cgroup cap (all its processes)
+OUTPUT_LIMIT = "output_limit"  # more stdout + stderr than the cap
+FILE_LIMIT = "file_limit"  # RLIMIT_FSIZE (one file) or the private tmpfs full (all files)
+SIGNALED = "signal"  # killed by a signal not explained by a limit above; the detail names it (SIGSEGV, ...)
+PROGRAM_REFUSED = "program_refused"  # not run: longer than the code limit, or not encodable
+RUNTIME_ERROR = "runtime_error"  # raised, exited non-zero, did not compile
 REJECTED = "rejected"
 INFRA_ERROR = "infra_error"
 
-STATUSES = (OK, WRONG, NO_ANSWER, TIMEOUT, RESOURCE_LIMIT, RUNTIME_ERROR, REJECTED, INFRA_ERROR)
+# A small fixed set: counts in /metrics and the trainer's logs are keyed by these strings.
+STATUSES = (
+    OK, WRONG, NO_ANSWER, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, FILE_LIMIT, SIGNALED, PROGRAM_REFUSED,
+    RUNTIME_ERROR, REJECTED, INFRA_ERROR,
+)
 # Failures of the service, not of the sample: the trainer masks these instead of rewarding 0.
 INFRA_STATUSES = frozenset({INFRA_ERROR, REJECTED})
 

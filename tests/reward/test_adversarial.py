@@ -45,25 +45,25 @@ PROGRAMS = {
     ),
     "fork_bomb": (
         stdio_item("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
-        {"timeout", "runtime_error", "resource_limit"},
+        {"timeout", "runtime_error"},
     ),
     "thread_bomb": (
         stdio_item(
             "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,)).start()"
         ),
-        {"runtime_error", "resource_limit", "timeout"},
+        {"runtime_error", "memory_limit", "timeout"},
     ),
-    "memory_bomb": (stdio_item("x = bytearray(8 * 1024 ** 3)"), {"resource_limit"}),
+    "memory_bomb": (stdio_item("x = bytearray(8 * 1024 ** 3)"), {"memory_limit"}),
     # 10 MB steps: reaches the 512 MB limit in ~50 steps, well inside the wall limit even on a loaded host
-    "memory_creep": (stdio_item("a = []\nwhile True:\n    a.append(' ' * 10 ** 7)"), {"resource_limit"}),
-    "output_flood": (stdio_item("while True:\n    print('x' * 10000)"), {"resource_limit"}),
+    "memory_creep": (stdio_item("a = []\nwhile True:\n    a.append(' ' * 10 ** 7)"), {"memory_limit"}),
+    "output_flood": (stdio_item("while True:\n    print('x' * 10000)"), {"output_limit"}),
     "disk_fill_one_file": (
         stdio_item("f = open('big', 'wb')\nwhile True:\n    f.write(b'0' * 2 ** 20)"),
-        {"resource_limit"},
+        {"file_limit"},
     ),
     "disk_fill_many_files": (
         stdio_item("i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'0' * 2 ** 20)\n    i += 1"),
-        {"runtime_error", "resource_limit"},
+        {"file_limit"},  # the private tmpfs fills up (ENOSPC)
     ),
     "write_outside_sandbox": (stdio_item("open('/work/r1jax_pwned.txt', 'w').write('x')"), {"runtime_error"}),
     "write_root": (stdio_item("open('/root/r1jax_pwned.txt', 'w').write('x')"), {"runtime_error"}),
@@ -336,12 +336,12 @@ def test_oversized_and_truncated_requests(server_url, client):
 
 def test_worker_killed_with_kill_9(server_url):
     c = RewardClient([server_url], timeout_s=120, retries=0)
-    pids = c.metrics()["worker_pids"]
+    pids = c.metrics()["lanes"]["code"]["worker_pids"]  # the workers that run sandboxed programs
     box = {}
     t = threading.Thread(target=lambda: box.setdefault("b", c.score([PROGRAMS["sleep"][0]] * 3)))
     t.start()
     for _ in range(100):  # wait until the workers are busy with the sleeping programs
-        if c.metrics()["busy_workers"] == len(pids):
+        if c.metrics()["lanes"]["code"]["running"] == len(pids):
             break
         time.sleep(0.05)
     for pid in pids:

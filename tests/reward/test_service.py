@@ -72,7 +72,7 @@ def test_poisoned_batch_keeps_every_other_answer_in_order(client):
         assert b.rewards[idx] == expected_reward(k), (k, b.status[idx], b.details[idx])
         assert b.status[idx] == ("wrong" if k % 3 == 1 else "ok")
     poison_status = [s for i, s in enumerate(b.status) if i not in where]
-    assert poison_status == ["timeout", "resource_limit", "resource_limit", "timeout", "no_answer"]
+    assert poison_status == ["timeout", "memory_limit", "output_limit", "timeout", "no_answer"]
     assert b.valid.all()
 
 
@@ -203,7 +203,7 @@ def test_language_and_countdown_through_the_server(client):
 
 def test_health_and_metrics(client):
     h = client.health()
-    assert h["ok"] and h["alive_workers"] == h["workers"] == 3
+    assert h["ok"] and h["alive_workers"] == h["workers"] == 6  # 3 fast-lane + 3 code-lane workers
     assert h["sandbox"]["ok"] and h["sandbox"]["network"] is False
     m = client.metrics()
     assert set(m["counts"]) >= {"ok", "wrong", "timeout", "infra_error"}
