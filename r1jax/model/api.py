@@ -18,10 +18,11 @@ from r1jax.model.transformer import Transformer
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
 
 
-def apply(graphdef, state, tokens_bt, positions_bt, segment_ids_bt=None, cache=None):
-    """Pure forward over split state (call inside jit): -> (hidden_btd, new_cache, ModelAux)."""
+def apply(graphdef, state, tokens_bt, positions_bt, segment_ids_bt=None, cache=None, routing_btlk=None):
+    """Pure forward over split state (call inside jit): -> (hidden_btd, new_cache, ModelAux).
+    routing_btlk: replayed expert ids (Transformer.__call__)."""
     model = nnx.merge(graphdef, state)
-    return model(tokens_bt, positions_bt, segment_ids_bt=segment_ids_bt, cache=cache)
+    return model(tokens_bt, positions_bt, segment_ids_bt=segment_ids_bt, cache=cache, routing_btlk=routing_btlk)
 
 
 def _fit(shape, spec: P, mesh: Mesh) -> P:

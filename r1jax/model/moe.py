@@ -4,6 +4,13 @@ Routing: sigmoid affinities s = σ(x W_r); selection uses s + b (b = RouterBias,
 balancing bias, never in the gradient), restricted to the best `topk_group` of `n_group` groups;
 the gate values use s alone, normalised over the K_r chosen and scaled by routed_scaling_factor.
 
+Routing replay (R3): the caller may hand in the expert ids (e.g. the ones the sampler used for the
+same token), so the trainer's forward runs the tokens through exactly the experts the rollout did.
+The gate values are then the current scores at those ids, normalised and scaled as above
+(`gates_at`): the router weights still get gradients through the replayed experts' gates, and the
+selection bias plays no part (it only ever selects). `router_disagreement` measures how often two
+routings differ.
+
 Dispatch is dropless: token-expert pairs are sorted by expert and run through a grouped matmul
 (`jax.lax.ragged_dot`), then unsorted and combined. `moe_einsum` (every expert on every token,
 masked by the gates) is the reference the tests hold it to. With an `expert` mesh axis > 1 the
@@ -14,6 +21,7 @@ local experts, and psum_scatter returns each token's sum to its home shard.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +36,23 @@ class RouterBias(nnx.Variable):
     """Per-expert selection bias b_i (aux-loss-free load balancing); not a trainable parameter."""
 
 
-def route(x_nd, w_de, bias_e, cfg: ModelConfig):
-    """-> gate weights [N, K] float32, expert ids [N, K] int32, sigmoid scores [N, E] float32."""
-    scores = jax.nn.sigmoid(jnp.einsum("nd,de->ne", x_nd.astype(jnp.float32), w_de.astype(jnp.float32)))
-    choice = scores + jax.lax.stop_gradient(bias_e.astype(jnp.float32))
+def gates_at(scores_ne, idx_nk, cfg: ModelConfig):
+    """Gate weights [N, K] float32 of the experts idx_nk: their sigmoid scores (no bias), normalised
+    over the K chosen when norm_topk_prob, times routed_scaling_factor. Differentiable in the scores."""
+    w_nk = jnp.take_along_axis(scores_ne, idx_nk, axis=1)
+    if cfg.norm_topk_prob:
+        w_nk = w_nk / (w_nk.sum(-1, keepdims=True) + 1e-20)
+    return w_nk * cfg.routed_scaling_factor
+
+
+def router_scores(x_nd, w_de):
+    """Sigmoid affinities s = σ(x W_r), float32 [N, E]."""
+    return jax.nn.sigmoid(jnp.einsum("nd,de->ne", x_nd.astype(jnp.float32), w_de.astype(jnp.float32)))
+
+
+def select_experts(scores_ne, bias_e, cfg: ModelConfig):
+    """The router's own choice: top-K of s + b within the best topk_group groups -> int32 [N, K]."""
+    choice = scores_ne + jax.lax.stop_gradient(bias_e.astype(jnp.float32))
     e, g = cfg.n_routed_experts, cfg.n_group
     if g > 1:
         # group score = sum of the group's two best biased affinities (node-limited routing)
@@ -40,11 +61,46 @@ def route(x_nd, w_de, bias_e, cfg: ModelConfig):
         keep_ng = jnp.zeros_like(group_scores, dtype=bool).at[
             jnp.arange(group_scores.shape[0])[:, None], top_groups].set(True)
         choice = jnp.where(jnp.repeat(keep_ng, e // g, axis=1), choice, -jnp.inf)
-    idx_nk = jax.lax.top_k(choice, cfg.n_experts_per_tok)[1].astype(jnp.int32)
-    w_nk = jnp.take_along_axis(scores, idx_nk, axis=1)
-    if cfg.norm_topk_prob:
-        w_nk = w_nk / (w_nk.sum(-1, keepdims=True) + 1e-20)
-    return w_nk * cfg.routed_scaling_factor, idx_nk, scores
+    return jax.lax.top_k(choice, cfg.n_experts_per_tok)[1].astype(jnp.int32)
+
+
+def route(x_nd, w_de, bias_e, cfg: ModelConfig, idx_nk=None):
+    """-> gate weights [N, K] float32, expert ids [N, K] int32, sigmoid scores [N, E] float32.
+
+    idx_nk=None: the router selects (top-K of s + b within the top groups). Replay: given expert ids
+    idx_nk [N, K] are used as they are (no selection, the bias plays no part) and the gates are
+    `gates_at(s, idx_nk)` = take_along_axis(s, idx_nk), normalised over the K if norm_topk_prob, times
+    routed_scaling_factor: exactly the rule of a selected choice, so gradients reach the router
+    through the replayed experts' gate values."""
+    scores = router_scores(x_nd, w_de)
+    if idx_nk is None:
+        idx_nk = select_experts(scores, bias_e, cfg)
+    return gates_at(scores, idx_nk.astype(jnp.int32), cfg), idx_nk.astype(jnp.int32), scores
+
+
+def router_disagreement(routing_a, routing_b, mask):
+    """How often two routings of the same tokens differ, over the tokens where `mask` is nonzero.
+
+    routing_a, routing_b: int32 [..., n_layers, K] expert ids (e.g. [B, T, L, K] of ModelAux.routing_btlk
+    and Rollout.routing_btlk); mask: [...] (e.g. [B, T]). Order within the K is ignored (sets).
+    -> {"set_frac": fraction of (token, layer) pairs whose expert sets differ,
+        "slot_frac": fraction of (token, layer, slot) entries of routing_a whose expert is not in
+                     routing_b's set for that (token, layer)}, float32 scalars (0 when the mask is empty).
+    Pure jnp (jit-able)."""
+    if routing_a.shape != routing_b.shape:
+        raise ValueError(f"router_disagreement: shapes differ, {routing_a.shape} vs {routing_b.shape}")
+    if mask.shape != routing_a.shape[:-2]:
+        raise ValueError(f"router_disagreement: mask shape {mask.shape} != routing shape[:-2] "
+                         f"{routing_a.shape[:-2]}")
+    # [..., L, K, K]: is slot i of a equal to slot j of b; ids within one set are distinct
+    in_b = jnp.any(routing_a[..., :, None] == routing_b[..., None, :], axis=-1)
+    missing = (~in_b).astype(jnp.float32)  # [..., L, K]
+    m = (mask != 0).astype(jnp.float32)[..., None]  # [..., 1]
+    n_layers, k = routing_a.shape[-2:]
+    n_pairs = jnp.maximum(jnp.sum(m) * n_layers, 1.0)
+    set_frac = jnp.sum(jnp.any(missing > 0, axis=-1) * m) / n_pairs
+    slot_frac = jnp.sum(missing.sum(-1) * m) / (n_pairs * k)
+    return {"set_frac": set_frac, "slot_frac": slot_frac}
 
 
 def moe_einsum(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd):
@@ -121,8 +177,20 @@ def seq_aux_loss(scores_bte, idx_btk, mask_bt, cfg: ModelConfig):
     return cfg.seq_aux_alpha * jnp.mean(jnp.sum(f_be * p_be, -1))
 
 
+class MoEOut(NamedTuple):
+    y_btd: jax.Array
+    expert_load_e: jax.Array
+    """[E] fraction of the (unmasked) routed assignments per expert; no gradient."""
+    aux_loss: jax.Array
+    routing_btk: jax.Array
+    """int32 [B, T, K]: the experts each token ran through (the replayed ids under replay)."""
+    choice_btk: jax.Array
+    """int32 [B, T, K]: the router's own choice (top-K of s + b); equals routing_btk without replay."""
+
+
 class MoE(nnx.Module):
-    """Routed experts + shared experts. Returns (y, expert_load_e, aux_loss)."""
+    """Routed experts + shared experts. `__call__` returns (y, expert_load_e, aux_loss); `forward` also
+    takes replayed expert ids and returns the ids it used."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -135,11 +203,27 @@ class MoE(nnx.Module):
         self.shared_experts = MLP(cfg, f * cfg.n_shared_experts, rngs=rngs) if cfg.n_shared_experts else None
 
     def __call__(self, x_btd, mask_bt=None):
+        out = self.forward(x_btd, mask_bt)
+        return out.y_btd, out.expert_load_e, out.aux_loss
+
+    def forward(self, x_btd, mask_bt=None, routing_btk=None) -> MoEOut:
+        """The layer with optional routing replay. routing_btk: int32 [B, T, K] expert ids to use
+        instead of the router's choice (gates: `route`); the load and the balance loss then count the
+        replayed assignments (the ones that ran), the balance loss with the current scores."""
         cfg = self.cfg
         b, t, d = x_btd.shape
         x_nd = x_btd.reshape(b * t, d)
         bias_e = self.gate.e_score_correction_bias[...]
-        w_nk, idx_nk, scores_ne = route(x_nd, self.gate.kernel[...], bias_e, cfg)
+        given_nk = None
+        if routing_btk is not None:
+            if routing_btk.shape != (b, t, cfg.n_experts_per_tok):
+                raise ValueError(f"MoE: routing_btk shape {routing_btk.shape} != {(b, t, cfg.n_experts_per_tok)} "
+                                 "(batch, length, n_experts_per_tok)")
+            given_nk = routing_btk.reshape(b * t, cfg.n_experts_per_tok)
+        w_nk, idx_nk, scores_ne = route(x_nd, self.gate.kernel[...], bias_e, cfg, given_nk)
+        # what the router would pick itself: idx_nk, or under replay a top-K that only a disagreement
+        # metric reads (dead code, removed by XLA, when nobody does)
+        choice_nk = idx_nk if given_nk is None else select_experts(scores_ne, bias_e, cfg)
         dt = cfg.jnp_dtype
         weights = tuple(w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
         mesh = _active_mesh()
@@ -162,7 +246,7 @@ class MoE(nnx.Module):
             aux = seq_aux_loss(scores_ne.reshape(b, t, -1), idx_nk.reshape(b, t, -1), mask_bt, cfg)
         else:
             aux = jnp.zeros((), jnp.float32)
-        return y, jax.lax.stop_gradient(load_e), aux
+        return MoEOut(y, jax.lax.stop_gradient(load_e), aux, idx_nk.reshape(b, t, -1), choice_nk.reshape(b, t, -1))
 
 
 class Router(nnx.Module):

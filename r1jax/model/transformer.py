@@ -6,6 +6,13 @@ log-probs in vocabulary chunks from `unembed_weight()` so [B, T, V] float32 neve
 Layers are a Python loop, not an nnx.scan: DeepSeek-V3 mixes dense and MoE layers (different
 parameter trees), the per-layer KV caches differ in shape between GQA and MLA, and a loop keeps
 HF-style per-layer parameter names. Compile time is the price; scan is a later optimisation.
+
+Routing replay (R3): `routing_btlk` hands every MoE layer of the main stack the expert ids to use
+(moe.route: gates from the current scores at those ids, no selection, no bias), e.g. the ids the
+sampler recorded, so the trainer's forward runs each token through the experts that generated it. The
+MTP modules always route by themselves: decoding skips them, so there is no sampled routing to replay,
+and their loss is an auxiliary next-next-token objective, not part of the policy's log-probs.
+`ModelAux.routing_btlk` reports the ids every main-stack MoE layer used, replayed or not.
 """
 
 from __future__ import annotations
@@ -34,6 +41,19 @@ class ModelAux(NamedTuple):
     mtp_hidden_kbtd: jax.Array | None = None
     """[D, B, T, d] multi-token-prediction hidden states (final-normed); entry k at position i predicts
     token i + k + 2. None without MTP modules or when decoding with a cache."""
+    routing_btlk: jax.Array | None = None
+    """int32 [B, T, L_r, K]: the experts token t ran through in each MoE layer of the main stack
+    (L_r = main_moe_layers(cfg): MTP modules excluded; K = n_experts_per_tok), the given ids under
+    replay. The input format of `routing_btlk=`. None for a model without MoE layers in its main stack."""
+    router_choice_btlk: jax.Array | None = None
+    """Same shape: each router's own top-K (with its selection bias). The same array as routing_btlk
+    without replay; under replay, what the current router would have picked (router_disagreement
+    against routing_btlk measures the mismatch replay removed, at the cost of one top-K per layer)."""
+
+
+def main_moe_layers(cfg: ModelConfig) -> int:
+    """L_r: MoE layers of the main stack (cfg.n_moe_layers less the MTP modules' MoE blocks)."""
+    return sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
 
 
 class Block(nnx.Module):
@@ -44,28 +64,29 @@ class Block(nnx.Module):
         self.is_moe = cfg.is_moe_layer(layer)
         self.mlp = MoE(cfg, rngs=rngs) if self.is_moe else MLP(cfg, cfg.mlp_dim, rngs=rngs)
 
-    def __call__(self, x_btd, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt):
+    def __call__(self, x_btd, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btk=None):
+        """-> (x_btd, cache, stats): stats is the MoE layer's MoEOut minus its output, None for a dense
+        block. routing_btk: replayed expert ids of an MoE block (moe.MoE.forward)."""
         h, cache = self.self_attn(self.input_layernorm(x_btd), positions_bt, cos_sin, segment_ids_bt, cache)
         x_btd = x_btd + h
         y = self.post_attention_layernorm(x_btd)
         stats = None
         if self.is_moe:
-            y, load_e, aux = self.mlp(y, mask_bt)
-            stats = (load_e, aux)
+            y, *stats = self.mlp.forward(y, mask_bt, routing_btk)
         else:
             y = self.mlp(y)
         return shard(x_btd + y, ACT), cache, stats
 
 
-def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt):
+def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk):
     """layer(...) under jax.checkpoint, as a pure function of the layer's split state (nnx.remat
     would try to write the RouterBias variable across trace levels)."""
     graphdef, state = nnx.split(layer)
 
-    def run(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt):
-        return nnx.merge(graphdef, state)(x_btd, positions_bt, cos_sin, segment_ids_bt, None, mask_bt)
+    def run(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk):
+        return nnx.merge(graphdef, state)(x_btd, positions_bt, cos_sin, segment_ids_bt, None, mask_bt, routing_btk)
 
-    return jax.checkpoint(run)(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt)
+    return jax.checkpoint(run)(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk)
 
 
 class MTPModule(nnx.Module):
@@ -97,28 +118,45 @@ class Transformer(nnx.Module):
         k_rope [B, S, d_h^R]}. Slot = absolute position (docs/contracts.md)."""
         return tuple(layer.self_attn.init_cache(batch, max_len) for layer in self.layers)
 
-    def __call__(self, tokens_bt, positions_bt, segment_ids_bt=None, cache=None):
+    def __call__(self, tokens_bt, positions_bt, segment_ids_bt=None, cache=None, routing_btlk=None):
+        """-> (hidden_btd, new_cache or None, ModelAux). routing_btlk: int32 [B, T, L_r, K] expert ids
+        for the main stack's MoE layers (routing replay; None = every router selects)."""
         cfg = self.cfg
         if cache is not None and segment_ids_bt is not None:
             raise ValueError("segment_ids_bt (packing) is for the cache-free training forward; "
                              "decode rows are separate sequences")
         if cache is not None and len(cache) != cfg.n_layers:
             raise ValueError(f"cache has {len(cache)} layers, model has n_layers={cfg.n_layers}")
+        n_routed = main_moe_layers(cfg)
+        if routing_btlk is not None:
+            want = (*tokens_bt.shape, n_routed, cfg.n_experts_per_tok)
+            if n_routed == 0:
+                raise ValueError("routing_btlk given, but the model has no MoE layers in its main stack")
+            if not jnp.issubdtype(routing_btlk.dtype, jnp.integer):
+                raise ValueError(f"routing_btlk must hold integer expert ids, got {routing_btlk.dtype}")
+            if tuple(routing_btlk.shape) != want:
+                raise ValueError(f"routing_btlk shape {tuple(routing_btlk.shape)} != {want} "
+                                 "(batch, length, MoE layers of the main stack, n_experts_per_tok)")
         positions_bt = positions_bt.astype(jnp.int32)
         mask_bt = None if segment_ids_bt is None else segment_ids_bt != 0
         cos_sin = rope_cos_sin(positions_bt, cfg)
         x = shard(self.embed_tokens(tokens_bt), ACT)
         new_cache, loads, aux_loss = [], [], jnp.zeros((), jnp.float32)
+        routing, choice = [], []
         for i, layer in enumerate(self.layers):
+            given_btk = None if routing_btlk is None or not layer.is_moe else routing_btlk[:, :, len(routing)]
             if cfg.remat and cache is None:
-                x, layer_cache, stats = _checkpointed(layer, x, positions_bt, cos_sin, segment_ids_bt, mask_bt)
+                x, layer_cache, stats = _checkpointed(layer, x, positions_bt, cos_sin, segment_ids_bt, mask_bt,
+                                                      given_btk)
             else:
                 x, layer_cache, stats = layer(x, positions_bt, cos_sin, segment_ids_bt,
-                                              None if cache is None else cache[i], mask_bt)
+                                              None if cache is None else cache[i], mask_bt, given_btk)
             new_cache.append(layer_cache)
             if stats is not None:
                 loads.append(stats[0])
                 aux_loss = aux_loss + stats[1]
+                routing.append(stats[2])
+                choice.append(stats[3])
         mtp_hidden = None
         if len(self.mtp) and cache is None:
             mtp_hidden, mtp_loads, mtp_aux = self._mtp(x, tokens_bt, positions_bt, cos_sin, segment_ids_bt,
@@ -130,7 +168,11 @@ class Transformer(nnx.Module):
             loads += [jnp.full((cfg.n_routed_experts,), 1.0 / cfg.n_routed_experts)] * len(self.mtp)
         load_le = jnp.stack(loads) if loads else jnp.zeros((0, cfg.n_routed_experts), jnp.float32)
         hidden = self.norm(x)
-        return hidden, (None if cache is None else tuple(new_cache)), ModelAux(load_le, aux_loss, mtp_hidden)
+        used_btlk = jnp.stack(routing, axis=2) if routing else None
+        # without replay the router's choice is what ran: one array, not two equal stacks
+        choice_btlk = used_btlk if routing_btlk is None or not choice else jnp.stack(choice, axis=2)
+        return hidden, (None if cache is None else tuple(new_cache)), ModelAux(
+            load_le, aux_loss, mtp_hidden, used_btlk, choice_btlk)
 
     def _mtp(self, h_btd, tokens_bt, positions_bt, cos_sin, segment_ids_bt, mask_bt):
         """Sequential MTP: module k sees h^{k-1} and the embedding of the token k steps ahead."""

@@ -13,6 +13,13 @@ XLA updates it in place in the loop (what donation buys across calls, here for f
 are not extended: they keep running in the batch (static shapes) but nothing they produce is kept.
 Prompt length and max_new_tokens are padded up to buckets (powers of two), so a training run
 compiles a handful of programs; temperature, top_p and max_new_tokens are runtime values.
+
+Routing record (MoE, `record_routing=True`): the prefill's and every decode step's ModelAux.routing_btlk
+(the experts each token ran through in each MoE layer of the main stack) are kept and laid out like
+tokens_bl, for the trainer to replay (docs/contracts.md § Rollout). The prompt's routing comes from
+the one prefill and is repeated G times like its cache. A completion token is routed when it is fed
+back as the next step's input, so the loop runs one step past the last sample (its samples are
+discarded) to route the last token of every row. Off, the program is the one without it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from r1jax.model.api import cache_shardings, state_shardings
+from r1jax.model.transformer import main_moe_layers
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, shard
 from r1jax.rollout import sampling as sampling_lib
 from r1jax.rollout import stops
@@ -70,11 +78,14 @@ def _decode_program(
     pad_id: int,
     mesh: Mesh | None,
     rules: Rules,
+    record_routing: bool = False,
 ):
     """The whole rollout for one bucket (pure; jitted by `Sampler`). Rows are prompt * n + g."""
     model = nnx.merge(graphdef, state)
     b, p = prompt_bp.shape
     rows, m = b * n, max_new_bucket
+    n_routed = main_moe_layers(model.cfg)
+    record = record_routing and n_routed > 0  # dense models: nothing to record
 
     def constrain_cache(cache):
         if mesh is None:
@@ -88,7 +99,7 @@ def _decode_program(
 
     # ---- prefill the B prompts once, then give every completion its own copy of the cache
     positions_bp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    hidden_bpd, cache, _ = model(
+    hidden_bpd, cache, prefill_aux = model(
         prompt_bp, positions_bp, cache=constrain_cache(model.init_cache(b, cache_len))
     )
     last_b1d = jnp.take_along_axis(hidden_bpd, (lens_b - 1)[:, None, None], axis=1)
@@ -113,19 +124,35 @@ def _decode_program(
         lps=lps_nm,
         lpp=lpp_nm,
     )
+    if record:
+        # completion token j is routed at step j + 1, when it is fed back (column j); `fed`: rows whose
+        # last token has been fed (a row done at the start of step t has its last token at <= t - 1)
+        k = model.cfg.n_experts_per_tok
+        carry["routing"] = jnp.zeros((rows, m, n_routed, k), jnp.int32)
+        carry["fed"] = jnp.zeros_like(hit_n)
 
     def cond(c):
+        if record:
+            # one step past the last sample, so every row's last token is fed and routed; that step
+            # keeps nothing else (every row is done: pad, zero log-probs, and at t = m the writes fall
+            # outside the buffers, which JAX's scatter drops). Every row is done after step max_new - 1,
+            # so t <= max_new.
+            return ~jnp.all(c["fed"])
         return (c["t"] < max_new) & ~jnp.all(c["done"])
 
     def body(c):
         t, active = c["t"], ~c["done"]
         positions_n1 = (lens_n + t - 1)[:, None]
-        hidden_n1d, cache, _ = model(
+        hidden_n1d, cache, aux = model(
             shard(c["tok"][:, None], ("batch", "length")), positions_n1, cache=c["cache"]
         )
         tok, lps, lpp = sample(t, model.logits(hidden_n1d)[:, 0])
         new_states, hit = stops.advance(tables, c["stop_states"], tok)
         tok = jnp.where(active, tok, pad_id)
+        extra = {}
+        if record:  # every row: a finished row's column t - 1 lies past its completion and is dropped
+            extra["routing"] = jax.lax.dynamic_update_slice_in_dim(c["routing"], aux.routing_btlk, t - 1, axis=1)
+            extra["fed"] = c["done"]
         return dict(
             t=t + 1,
             tok=tok,
@@ -137,6 +164,7 @@ def _decode_program(
             comp=c["comp"].at[:, t].set(tok),
             lps=c["lps"].at[:, t].set(jnp.where(active, lps, 0.0)),
             lpp=c["lpp"].at[:, t].set(jnp.where(active, lpp, 0.0)),
+            **extra,
         )
 
     c = jax.lax.while_loop(cond, body, carry)
@@ -157,7 +185,7 @@ def _decode_program(
         return jnp.where(in_comp_nl, jnp.take_along_axis(x_nm, comp_idx_nl, axis=1), 0.0)
 
     finish_n = jnp.where(c["stopped"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
-    return dict(
+    out = dict(
         tokens_bl=tokens_nl,
         prompt_lens_b=lens_n,
         completion_lens_b=c["clen"],
@@ -166,6 +194,18 @@ def _decode_program(
         logp_sampling_bl=place(c["lps"]),
         logp_policy_bl=place(c["lpp"]),
     )
+    if record:
+        comp_routing = c["routing"]
+        prompt_routing = jnp.repeat(prefill_aux.routing_btlk, n, axis=0)  # [rows, p, L_r, K]
+        prompt_routing = jnp.pad(prompt_routing, ((0, 0), (0, m), (0, 0), (0, 0)))
+        fill = jnp.broadcast_to(jnp.arange(comp_routing.shape[-1], dtype=jnp.int32), comp_routing.shape[-2:])
+        out["routing_btlk"] = jnp.where(
+            (j_l < lens_n1)[..., None, None],
+            prompt_routing,
+            jnp.where(in_comp_nl[..., None, None],
+                      jnp.take_along_axis(comp_routing, comp_idx_nl[..., None, None], axis=1), fill),
+        )
+    return out
 
 
 class Sampler:
@@ -174,6 +214,10 @@ class Sampler:
     With a mesh, the weights keep the shardings they have in training (from their logical axes and the
     rules table) and the rows are split over the batch mesh axes; without one, everything runs on the
     default device. The state passed to `generate` must live on `mesh` (see weight_sync.reshard).
+
+    record_routing: fill Rollout.routing_btlk with the experts every token ran through (MoE models; a
+    dense model's stays None), for routing replay in the trainer. `generate(..., record_routing=)`
+    overrides it per call; recording and not recording are separate compiled programs.
     """
 
     def __init__(
@@ -184,12 +228,14 @@ class Sampler:
         pad_id: int = 0,
         max_cache_len: int | None = None,
         rules: Rules = DEFAULT_RULES,
+        record_routing: bool = False,
     ):
         self.graphdef = graphdef
         self.mesh = mesh
         self.pad_id = pad_id
         self.max_cache_len = max_cache_len
         self.rules = rules
+        self.record_routing = record_routing
         self._programs: dict = {}
         self._tables: dict = {}
 
@@ -251,9 +297,10 @@ class Sampler:
             self._tables[key] = (jax.device_put(tables, where), tokenizer)
         return self._tables[key][0]
 
-    def _program(self, state, b, p_bucket, m_bucket, cache_len, sampling: SamplingParams, table_shapes):
+    def _program(self, state, b, p_bucket, m_bucket, cache_len, sampling: SamplingParams, table_shapes,
+                 record: bool, routing_shape: tuple[int, int]):
         top_p_active = sampling.top_p < 1.0
-        key = (b, p_bucket, m_bucket, cache_len, sampling.n, sampling.top_k, top_p_active, table_shapes)
+        key = (b, p_bucket, m_bucket, cache_len, sampling.n, sampling.top_k, top_p_active, table_shapes, record)
         if key in self._programs:
             return self._programs[key]
         fn = functools.partial(
@@ -267,6 +314,7 @@ class Sampler:
             pad_id=self.pad_id,
             mesh=self.mesh,
             rules=self.rules,
+            record_routing=record,
         )
         if self.mesh is None:
             jitted = jax.jit(fn)
@@ -294,15 +342,20 @@ class Sampler:
                 logp_sampling_bl=by_row(rows, length),
                 logp_policy_bl=by_row(rows, length),
             )
+            if record:
+                out_sh["routing_btlk"] = by_row(rows, length, *routing_shape)
             jitted = jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh)
         self._programs[key] = jitted
         return jitted
 
     # ----------------------------------------------------------------- the interface
-    def _prepare(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, tokenizer):
+    def _prepare(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, tokenizer,
+                 record_routing: bool | None = None):
         """Checks the inputs (before anything compiles), pads them to the bucket, moves them to device
         and picks the compiled program: -> (program, args)."""
         cfg = nnx.merge(self.graphdef, state).cfg  # no copy: only reads the config
+        record = self.record_routing if record_routing is None else bool(record_routing)
+        record = record and main_moe_layers(cfg) > 0  # a dense model has no routing: same program as off
         prompt_bp, lens_b = self._check(cfg, prompt_tokens_bp, prompt_lens_b, sampling)
         tables = self._stop_tables(sampling, cfg.vocab_size, tokenizer)
 
@@ -316,7 +369,8 @@ class Sampler:
         prompt_bp = np.where(in_prompt, prompt_bp, self.pad_id).astype(np.int32)
 
         table_shapes = tuple(t.shape for t in tables)
-        program = self._program(state, b, p_bucket, m_bucket, cache_len, sampling, table_shapes)
+        program = self._program(state, b, p_bucket, m_bucket, cache_len, sampling, table_shapes, record,
+                                (main_moe_layers(cfg), cfg.n_experts_per_tok))
         # explicit transfers, so the sampler runs under the trainer's jax.transfer_guard("disallow")
         host = (
             prompt_bp,
@@ -338,18 +392,30 @@ class Sampler:
         return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
     def generate(
-        self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None
+        self,
+        state,
+        prompt_tokens_bp,
+        prompt_lens_b,
+        sampling: SamplingParams,
+        rng,
+        *,
+        tokenizer=None,
+        record_routing: bool | None = None,
     ) -> Rollout:
-        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer)
+        """-> Rollout; record_routing: None = the Sampler's setting."""
+        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer,
+                                      record_routing)
         with self._mesh_context():
             rollout = Rollout(**program(*args))
         if tokenizer is not None:
             rollout = _decode_texts(rollout, tokenizer, sampling, self.pad_id)
         return rollout
 
-    def lower(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None):
+    def lower(self, state, prompt_tokens_bp, prompt_lens_b, sampling: SamplingParams, rng, *, tokenizer=None,
+              record_routing: bool | None = None):
         """The lowered rollout program for these inputs (inspect its HLO, or .compile() ahead of time)."""
-        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer)
+        program, args = self._prepare(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer,
+                                      record_routing)
         with self._mesh_context():
             return program.lower(*args)
 
@@ -394,6 +460,8 @@ def _decode_texts(rollout: Rollout, tokenizer, sampling: SamplingParams, pad_id:
         arrays["tokens_bl"][row, start + k :] = pad_id
         for name in ("completion_mask_bl", "logp_sampling_bl", "logp_policy_bl"):
             arrays[name][row, start + k :] = 0.0
+        if "routing_btlk" in arrays:  # past the completion: the fill value (experts 0..K-1)
+            arrays["routing_btlk"][row, start + k :] = np.arange(arrays["routing_btlk"].shape[-1])
         arrays["completion_lens_b"][row] = k
         arrays["finish_reason_b"][row] = FINISH_STOP
     placed = {
@@ -414,7 +482,9 @@ def _arrays(rollout: Rollout) -> dict:
             "completion_mask_bl",
             "logp_sampling_bl",
             "logp_policy_bl",
+            "routing_btlk",
         )
+        if getattr(rollout, f) is not None
     }
 
 
@@ -431,13 +501,16 @@ def generate(
     *,
     mesh: Mesh | None = None,
     tokenizer=None,
+    record_routing: bool = False,
 ) -> Rollout:
     """The rollout interface shared by the trainer and the evals (docs/contracts.md § Rollout).
 
     Keeps one `Sampler` per (graphdef, mesh, pad id), so repeated calls reuse compiled programs.
+    record_routing: fill Rollout.routing_btlk (MoE models) for routing replay in the trainer.
     """
     pad_id = 0 if tokenizer is None or tokenizer.pad_id is None else int(tokenizer.pad_id)
     key = (graphdef, mesh, pad_id)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = Sampler(graphdef, mesh=mesh, pad_id=pad_id)
-    return _SAMPLERS[key].generate(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer=tokenizer)
+    return _SAMPLERS[key].generate(state, prompt_tokens_bp, prompt_lens_b, sampling, rng, tokenizer=tokenizer,
+                                   record_routing=record_routing)

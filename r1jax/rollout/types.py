@@ -85,7 +85,7 @@ class SamplingParams:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["tokens_bl", "prompt_lens_b", "completion_lens_b", "finish_reason_b", "completion_mask_bl",
-                 "logp_sampling_bl", "logp_policy_bl"],
+                 "logp_sampling_bl", "logp_policy_bl", "routing_btlk"],
     meta_fields=["texts"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +107,11 @@ class Rollout:
     logp_policy_bl: jax.Array  # float32 [B*G, L]: under the unmodified policy (T=1, no truncation)
     texts: list[str] | None = None
     # decoded completions: cut right after the first stop string; a final stop token id (EOS) is not decoded
+    routing_btlk: jax.Array | None = None
+    # int32 [B*G, L, L_r, K] with record_routing (MoE models; None otherwise): the experts token t ran
+    # through in the sampler, for each of the L_r = model.transformer.main_moe_layers(cfg) MoE layers of the main stack,
+    # aligned with tokens_bl (rows first, like every field, so row slicing and batch sharding apply). The
+    # input of the trainer's routing replay. Positions past prompt + completion hold experts 0..K-1.
 
     @property
     def num_rows(self) -> int:

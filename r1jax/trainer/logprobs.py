@@ -59,14 +59,17 @@ def shift_to_sequence(x_bt):
     return jnp.pad(x_bt[:, :-1], ((0, 0), (1, 0)))
 
 
-def sequence_logprobs(model, tokens_bl, positions_bl, segment_ids_bl, chunk: int):
+def sequence_logprobs(model, tokens_bl, positions_bl, segment_ids_bl, chunk: int, routing_btlk=None):
     """(logp_bl, entropy_bl, aux) of one forward of `model` (an nnx module; call inside jit).
 
     Entry t is log p(token t | tokens < t) and the entropy of the distribution token t was drawn
     from; entry 0 is 0 (no context). Packed rows: the entry of a segment's first token is
     meaningless (its context is the previous segment) and callers mask it.
+    routing_btlk: int32 [B, L, L_r, K] expert ids to replay in the MoE layers (Rollout.routing_btlk;
+    docs/contracts.md § Model); None = the routers select. aux.routing_btlk / aux.router_choice_btlk
+    report the routing used and the routers' own choice.
     """
-    hidden_bld, _, aux = model(tokens_bl, positions_bl, segment_ids_bt=segment_ids_bl)
+    hidden_bld, _, aux = model(tokens_bl, positions_bl, segment_ids_bt=segment_ids_bl, routing_btlk=routing_btlk)
     # hidden at t-1 predicts token t: score targets tokens[1:] and shift back to the batch convention
     next_bl = jnp.roll(tokens_bl, -1, axis=1)
     logp, ent = token_logprobs_and_entropy(hidden_bld, model.unembed_weight(), next_bl, chunk)
@@ -88,23 +91,30 @@ def row_positions(tokens_bl):
 
 
 def make_logprob_fn(graphdef, mesh: Mesh, chunk: int = 128, params_sharding=None, model_state_sharding=None,
-                    rules: Rules = DEFAULT_RULES):
-    """Jitted (params, model_state, tokens_bl, completion_mask_bl) -> logp_bl, zero outside the
-    completion, for unpacked rows (prompt + completion + pad): π_old recomputed by the trainer and
-    π_ref of a frozen reference."""
+                    rules: Rules = DEFAULT_RULES, with_router_choice: bool = False):
+    """Jitted (params, model_state, tokens_bl, completion_mask_bl, routing_btlk=None) -> logp_bl, zero
+    outside the completion, for unpacked rows (prompt + completion + pad): π_old recomputed by the
+    trainer and π_ref of a frozen reference.
 
-    def logprobs(params, model_state, tokens_bl, completion_mask_bl):
+    routing_btlk: int32 [B, L, L_r, K] (Rollout.routing_btlk) replays the sampler's experts; None = the
+    routers select (a separate compiled program). with_router_choice=True: returns (logp_bl,
+    router_choice_btlk), the routers' own top-K at every position (None for a dense model), so
+    model.moe.router_disagreement(router_choice_btlk, routing_btlk, mask) measures the sampler/trainer
+    routing mismatch without a second forward."""
+
+    def logprobs(params, model_state, tokens_bl, completion_mask_bl, routing_btlk):
         model = nnx.merge(graphdef, params, model_state)
-        logp_bl, _, _ = sequence_logprobs(model, tokens_bl, row_positions(tokens_bl),
-                                          completion_segments(completion_mask_bl), chunk)
-        return jnp.where(completion_mask_bl > 0, logp_bl, 0.0)
+        logp_bl, _, aux = sequence_logprobs(model, tokens_bl, row_positions(tokens_bl),
+                                            completion_segments(completion_mask_bl), chunk, routing_btlk)
+        logp_bl = jnp.where(completion_mask_bl > 0, logp_bl, 0.0)
+        return (logp_bl, aux.router_choice_btlk) if with_router_choice else logp_bl
 
     bsh = batch_sharding(mesh, rules)
-    jitted = jax.jit(logprobs, in_shardings=(params_sharding, model_state_sharding, bsh, bsh),
+    jitted = jax.jit(logprobs, in_shardings=(params_sharding, model_state_sharding, bsh, bsh, bsh),
                      out_shardings=bsh)
 
-    def run(params, model_state, tokens_bl, completion_mask_bl):
+    def run(params, model_state, tokens_bl, completion_mask_bl, routing_btlk=None):
         with jax.set_mesh(mesh):
-            return jitted(params, model_state, tokens_bl, completion_mask_bl)
+            return jitted(params, model_state, tokens_bl, completion_mask_bl, routing_btlk)
 
     return run
