@@ -26,7 +26,7 @@ def _base() -> ConfigDict:
         # ④ ⑤ GRPO: the fields of r1jax.grpo.config.GRPOConfig (docs/grpo.md)
         grpo=config_fields(GRPOConfig),
         rl=dict(steps=200, dynamic_sampling=False, dynamic_sampling_rounds=3, ref_refresh_every=0,
-                samples_every=10, max_staleness=0, sampler_devices=0),
+                samples_every=10, max_staleness=0, sampler_devices=0, routing_replay=False),
         # The tiny base model's pretraining (only with policy.source == "pretrain"; r1jax/stages/pretrain.py)
         pretrain=dict(
             n_docs=24000, tokenizer_vocab=512, seq_len=256, batch_size=16, steps=1500, learning_rate=3e-3,
@@ -101,6 +101,7 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     c.data.prompts_per_step = 64
     c.grpo.group_size = 16
     c.grpo.beta = 0.001
+    c.rl.routing_replay = True  # MoE: train on the experts the sampler used (R3)
     c.rollout.max_prompt_len = 1024
     c.rollout.max_new_tokens = 32768
     c.reward.workers = 64

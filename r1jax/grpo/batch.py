@@ -29,6 +29,9 @@ class TrainBatch:
     """float32 [B, L]: the sampler's own log-probs of the T=1 untruncated policy (the rollout's
     logp_policy_bl, not logp_sampling_bl) when old_logp_bl was recomputed: the mismatch metric, and the
     denominator of ρ = π_old/π_sampler for GRPOConfig.is_correction (required then)."""
+    routing_btlk: jax.Array | None = None
+    """int32 [B, L, L_r, K]: the experts the sampler routed every token through in each MoE layer
+    (Rollout.routing_btlk); given, the training forward replays them (routing replay, R3)."""
 
 
 _BL_FLOAT = ("completion_mask_bl", "old_logp_bl", "ref_logp_bl", "sampler_logp_bl")
@@ -62,6 +65,13 @@ def validate_batch(batch: TrainBatch, group_size: int | None = None, micro_batch
         if isinstance(x, np.ndarray) and not np.isfinite(x).all():
             row = int(np.argwhere(~np.isfinite(x))[0][0])
             raise ValueError(f"TrainBatch.{name} has non-finite values (first in row {row})")
+    routing = batch.routing_btlk
+    if routing is not None:
+        if np.ndim(routing) != 4 or tuple(np.shape(routing)[:2]) != (b, length):
+            raise ValueError(f"TrainBatch.routing_btlk must be [B, L, L_r, K] with B, L = {(b, length)}, "
+                             f"got shape {np.shape(routing)}")
+        if routing.dtype != jnp.int32:
+            raise ValueError(f"TrainBatch.routing_btlk must be int32 expert ids, got {routing.dtype}")
     if group_size is not None and b % group_size:
         raise ValueError(f"TrainBatch: batch size {b} is not a multiple of group_size {group_size}")
     if b % micro_batches:

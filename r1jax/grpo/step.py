@@ -68,7 +68,8 @@ def grpo_objective(cfg: GRPOConfig, chunk: int) -> Objective:
     def loss(model, micro):
         mb, mask_bl, weights_bl = micro
         logp_bl, ent_bl, aux = sequence_logprobs(model, mb.tokens_bl, row_positions(mb.tokens_bl),
-                                                 completion_segments(mb.completion_mask_bl), chunk)
+                                                 completion_segments(mb.completion_mask_bl), chunk,
+                                                 mb.routing_btlk)  # None: the routers select
         value, terms = grpo_loss(logp_bl, mb.old_logp_bl, mb.ref_logp_bl, mb.advantages_b, mask_bl, cfg,
                                  weights_bl, sampler_logp_bl=mb.sampler_logp_bl)
         return value, _masked_sums(mask_bl, logp_bl, jax.lax.stop_gradient(ent_bl), terms, mb, cfg), aux

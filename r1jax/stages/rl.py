@@ -34,6 +34,8 @@ from r1jax.grpo import (
     zero_variance_fraction,
 )
 from r1jax.metrics import METRICS_FILE, plot_run, read_jsonl, reflection_rate
+from r1jax.model.moe import router_disagreement
+from r1jax.model.transformer import main_moe_layers
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.rollout.types import FINISH_LENGTH
 from r1jax.trainer import config as C
@@ -57,6 +59,7 @@ FIELD_DOCS = {
     "rl.max_staleness": "asynchronous rollout: the rollout of step t+s is drawn (with the policy of step t) while "
                         "step t trains; 0 = synchronous",
     "rl.sampler_devices": "devices set aside for the sampler (the last ones); 0 = the sampler shares the trainer's",
+    "rl.routing_replay": "MoE: the training forward replays the experts the sampler routed each token through (R3)",
 }
 
 
@@ -83,6 +86,9 @@ class RLSpec:
     max_staleness: int
     """s: the rollout used at step t was sampled by the policy of step t - s (π_old is that policy)."""
     sampler_devices: int
+    routing_replay: bool
+    """MoE policies: replay the sampler's expert choices in π_old and the update (router disagreement is
+    measured every step either way)."""
     eval: EvalSpec
     checkpoint_every: int
     checkpoint_keep: int
@@ -105,7 +111,7 @@ def build(c, n_devices: int | None = None) -> RLSpec:
         steps=rl["steps"], dynamic_sampling=rl["dynamic_sampling"],
         dynamic_sampling_rounds=rl["dynamic_sampling_rounds"], ref_refresh_every=rl["ref_refresh_every"],
         samples_every=rl["samples_every"], max_staleness=rl["max_staleness"], sampler_devices=rl["sampler_devices"],
-        eval=C.eval_spec(c),
+        routing_replay=rl["routing_replay"], eval=C.eval_spec(c),
         checkpoint_every=c.checkpoint.every, checkpoint_keep=c.checkpoint.keep,
     )
     C.require(spec.prompts_per_step >= 1, "data.prompts_per_step", f"must be >= 1, got {spec.prompts_per_step}")
@@ -200,12 +206,16 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
     score = Scorer(client, spec.template, dict(spec.reward.weights))
     evaluate = Evaluator(generate, score, eval_examples, spec.template, spec.eval, spec.seed)
     update = make_update_step(policy.graphdef, spec.grpo, optimizer, mesh, session.shardings, spec.step)
+    moe = main_moe_layers(policy.model_cfg) > 0  # the sampler records its routing: disagreement, replay
+    if spec.routing_replay and not moe:
+        raise ValueError("config.rl.routing_replay: the policy has no MoE layers to replay")
     logprobs = make_logprob_fn(policy.graphdef, mesh, spec.step.logprob_chunk, session.shardings.params,
-                               session.shardings.model_state)
+                               session.shardings.model_state, with_router_choice=moe)
 
     def rollout_and_score(batch, key, weights):
         t0 = time.perf_counter()
-        rollout = generate.block(generate(weights["params"], weights["model_state"], batch, train_sampling, key))
+        rollout = generate.block(generate(weights["params"], weights["model_state"], batch, train_sampling, key,
+                                          record_routing=moe))
         if sampler_mesh is not mesh:  # from the sampler's devices to the trainer's
             rollout = shard_batch(rollout, mesh)
         t1 = time.perf_counter()
@@ -268,14 +278,24 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
 
         # ── ⑤ GRPO update: π_old recomputed by the trainer (ratio 1 at the first of μ steps); the
         #    sampler's own log-probs give the sampler/trainer mismatch metric ──────────────────
-        old_logp = logprobs(sampler_weights["params"], sampler_weights["model_state"], rollout.tokens_bl, mask_bl)
+        replay_btlk = rollout.routing_btlk if spec.routing_replay else None
+        old_logp = logprobs(sampler_weights["params"], sampler_weights["model_state"], rollout.tokens_bl, mask_bl,
+                            replay_btlk)
+        if moe:  # the trainer's own expert choice vs the sampler's, on the prompt and completion tokens
+            old_logp, choice_btlk = old_logp
+            used_bt = jnp.arange(rollout.tokens_bl.shape[1])[None, :] < (
+                jnp.asarray(rollout.prompt_lens_b) + jnp.asarray(rollout.completion_lens_b))[:, None]
+            disagreement = router_disagreement(choice_btlk, rollout.routing_btlk, used_bt)
+        # π_ref routes by itself: it is the reference policy, not a replay of the sampler
         ref_logp = (logprobs(ref["params"], ref["model_state"], rollout.tokens_bl, mask_bl)
                     if ref is not None else jnp.zeros_like(old_logp))
+        if moe and ref is not None:
+            ref_logp = ref_logp[0]
         batch = TrainBatch(
             tokens_bl=rollout.tokens_bl, completion_mask_bl=mask_bl, advantages_b=jnp.asarray(adv_b),
             old_logp_bl=old_logp, ref_logp_bl=ref_logp,
             truncated_b=(rollout.finish_reason_b == FINISH_LENGTH).astype(jnp.float32),
-            sampler_logp_bl=rollout.logp_policy_bl * mask_bl,
+            sampler_logp_bl=rollout.logp_policy_bl * mask_bl, routing_btlk=replay_btlk,
         )
         validate_batch(batch, G, spec.step.micro_batches, require_sampler_logp=spec.grpo.is_correction != "none")
         batch = shard_batch(batch, mesh)
@@ -310,6 +330,8 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
             "time/update_start": t2 - t_loop, "time/update_end": t3 - t_loop,
             "throughput/rollout_tokens_per_s": float(lengths.sum()) / max(times[1] - times[0], 1e-9),
             "rollout/dynamic_sampling_rounds": extra_rounds, "rollout/staleness": float(min(S, step)),
+            **({"rollout/router_disagreement": float(disagreement["set_frac"]),
+                "rollout/router_slot_disagreement": float(disagreement["slot_frac"])} if moe else {}),
         }
         if spec.eval.due(done, spec.steps):
             scalars.update(run_eval(done))

@@ -67,9 +67,12 @@ class Generator:
             return full
         return reshard(full, self.mesh)
 
-    def __call__(self, params, model_state, batch: PromptBatch, sampling: SamplingParams, key) -> Rollout:
+    def __call__(self, params, model_state, batch: PromptBatch, sampling: SamplingParams, key,
+                 record_routing: bool = False) -> Rollout:
+        """record_routing: Rollout.routing_btlk holds the experts every token went through (MoE)."""
         full = self.weights(params, model_state)
-        return self.sampler.generate(full, batch.tokens_bp, batch.lens_b, sampling, key, tokenizer=self.tokenizer)
+        return self.sampler.generate(full, batch.tokens_bp, batch.lens_b, sampling, key, tokenizer=self.tokenizer,
+                                     record_routing=record_routing)
 
     def block(self, rollout: Rollout) -> Rollout:
         return jax.block_until_ready(rollout)
