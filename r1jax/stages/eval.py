@@ -65,7 +65,7 @@ def run(spec: EvalStageSpec, workdir: str, client) -> dict:
         problems = [{**e, "question": f"{e['question']} {spec.question_suffix}"} for e in problems]
     console.say("task", f"{spec.task.task}: {len(problems)} problems, k={spec.eval.k} samples each at "
                         f"T={spec.eval.temperature}, top-p {spec.eval.top_p}, template {spec.template}")
-    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout)
+    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout, policy.model_cfg)
     evaluate = Evaluator(generate, Scorer(client, spec.template, dict(spec.reward.weights)), problems, spec.template,
                          spec.eval, spec.seed)
     result = evaluate(policy.params, policy.model_state, step=0)

@@ -201,7 +201,7 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
         seed=spec.seed))[0])
     if data_state:
         prompts.set_state(data_state["prompts"])
-    generate = Generator(policy.graphdef, sampler_mesh, policy.tokenizer, spec.rollout)
+    generate = Generator(policy.graphdef, sampler_mesh, policy.tokenizer, spec.rollout, policy.model_cfg)
     train_sampling = generate.sampling(n=G)
     score = Scorer(client, spec.template, dict(spec.reward.weights))
     evaluate = Evaluator(generate, score, eval_examples, spec.template, spec.eval, spec.seed)

@@ -100,7 +100,7 @@ def run(spec: SampleSpec, workdir: str, client) -> dict:
     batches = list(make_prompt_dataset(problems, policy.tokenizer, PromptPipelineConfig(
         batch_size=min(spec.batch_prompts, len(problems)), max_prompt_len=spec.rollout.max_prompt_len,
         template=spec.template, seed=spec.seed, shuffle=False, num_epochs=1, drop_remainder=False))[0])
-    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout)
+    generate = Generator(policy.graphdef, mesh, policy.tokenizer, spec.rollout, policy.model_cfg)
     sampling = generate.sampling(n=spec.k)
     score = Scorer(client, spec.template, dict(spec.reward.weights))
     reward_format = REWARD_FORMAT[spec.template]

@@ -122,7 +122,7 @@ def run(spec: SFTSpec, workdir: str, client=None) -> dict:
         task_eval = None
         if spec.eval_task is not None:  # the paper's evaluation on a problem set
             _, problems, _ = load_splits(spec.eval_task)
-            generate = Generator(policy.graphdef, session.mesh, tokenizer, spec.rollout)
+            generate = Generator(policy.graphdef, session.mesh, tokenizer, spec.rollout, policy.model_cfg)
             task_eval = Evaluator(generate, Scorer(client, spec.pipeline.template, dict(spec.reward.weights)),
                                   problems, spec.pipeline.template, spec.eval, spec.seed)
 

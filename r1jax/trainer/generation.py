@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data.pipeline import PromptBatch
+from r1jax.model import abstract_model
 from r1jax.rollout import Rollout, Sampler, SamplingParams, reshard
 
 
@@ -31,6 +32,9 @@ class RolloutSpec:
     """Strings that end a completion however they are tokenised (e.g. '</answer>')."""
     stop_token_ids: tuple[int, ...] = ()
     """Token ids that end a completion, besides the tokenizer's EOS."""
+    compute_dtype: str = ""
+    """The sampler's compute dtype ('' = the policy's); e.g. 'bfloat16' samples in bf16 while the trainer
+    keeps float32, as serving engines do: a real source of sampler/trainer mismatch."""
 
     def __post_init__(self):
         SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -44,7 +48,11 @@ class Generator:
     """Samples on `mesh`: the trainer's own, or separate sampler devices (the weights are then moved
     device to device before each generation, `rollout.reshard`)."""
 
-    def __init__(self, graphdef, mesh: Mesh, tokenizer, spec: RolloutSpec):
+    def __init__(self, graphdef, mesh: Mesh, tokenizer, spec: RolloutSpec, model_cfg=None):
+        if spec.compute_dtype:  # the same parameters, another compute dtype: another graph definition
+            if model_cfg is None:
+                raise ValueError("rollout.compute_dtype needs the policy's model config")
+            graphdef = abstract_model(dataclasses.replace(model_cfg, dtype=spec.compute_dtype))[0]
         self.sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id))
         self.mesh, self.tokenizer, self.spec = mesh, tokenizer, spec
         self.stop_token_ids = tuple(sorted({int(tokenizer.eos_id)} | set(spec.stop_token_ids)))
