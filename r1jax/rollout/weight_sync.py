@@ -37,4 +37,7 @@ def reshard(state, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, dtype=None, dona
     def cast(x):
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
-    return jax.jit(lambda s: jax.tree.map(cast, s), out_shardings=shardings, donate_argnums=0)(moved)
+    # donate the moved copy only: onto the mesh it already lives on, device_put returns the caller's own
+    # arrays, and donating those would delete them under the caller
+    own = any(a is b for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(state)))
+    return jax.jit(lambda s: jax.tree.map(cast, s), out_shardings=shardings, donate_argnums=() if own else 0)(moved)

@@ -77,3 +77,26 @@ def test_mla_cache_model_greedy_equals_full_forward():
         for t in range(lens[row], lens[row] + max_new):
             want = logp[row, t - 1, r.tokens_bl[row, t]]
             np.testing.assert_allclose(r.logp_policy_bl[row, t], want, atol=1e-4)
+
+
+def test_cast_onto_the_same_mesh_leaves_the_callers_arrays_alive():
+    """reshard(state, its own mesh, dtype=bf16): device_put is a no-op there, so the cast must not
+    donate the caller's buffers."""
+    import dataclasses as dc
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from r1jax.model import create_sharded, get_variant
+    from r1jax.parallel.mesh import MeshConfig, make_mesh
+    from r1jax.rollout import reshard
+
+    mesh = make_mesh(MeshConfig(fsdp=-1))
+    _, state = create_sharded(dc.replace(get_variant("tiny_dense"), vocab_size=64), mesh, 0)
+    before = [np.asarray(x) for x in jax.tree.leaves(state)]
+    cast = reshard(state, mesh, dtype=jnp.bfloat16)
+    after = [np.asarray(x) for x in jax.tree.leaves(state)]  # raises if the buffers were donated
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(cast) if jnp.issubdtype(x.dtype, jnp.floating))
