@@ -31,6 +31,15 @@ def advantages_np(rewards, group_size, scale="group", valid=None, eps=1e-6):
     return out
 
 
+def _agg_weight(loss_agg, len_b, n_seq, n_tok, batch, norm_len):
+    """The weight of one loss token under each aggregation (token_mean, seq_mean, dr_grpo)."""
+    if loss_agg == "token_mean":
+        return 1.0 / n_tok
+    if loss_agg == "seq_mean":
+        return 1.0 / len_b / n_seq
+    return 1.0 / (batch * norm_len)
+
+
 def grpo_loss_np(logp, old, ref, adv, mask, loss_agg, eps_low, eps_high, beta, dual_c=None, max_len=None):
     """Returns (loss, dloss/dlogp) in float64."""
     logp, old, ref, adv, mask = (np.asarray(x, np.float64) for x in (logp, old, ref, adv, mask))
@@ -45,12 +54,7 @@ def grpo_loss_np(logp, old, ref, adv, mask, loss_agg, eps_low, eps_high, beta, d
         for t in range(L):
             if mask[b, t] == 0:
                 continue
-            if loss_agg == "token_mean":
-                w = 1.0 / n_tok
-            elif loss_agg == "seq_mean":
-                w = 1.0 / lens[b] / n_seq
-            else:
-                w = 1.0 / (B * (max_len or L))
+            w = _agg_weight(loss_agg, lens[b], n_seq, n_tok, B, max_len or L)
             r = np.exp(logp[b, t] - old[b, t])
             rc = min(max(r, 1 - eps_low), 1 + eps_high)
             # objective and its derivative wrt logp (dr/dlogp = r)
@@ -124,12 +128,7 @@ def grpo_is_loss_np(logp, old, ref, adv, mask, is_w, loss_agg, eps_low, eps_high
         for t in range(L):
             if mask[b, t] == 0:
                 continue
-            if loss_agg == "token_mean":
-                w = 1.0 / n_tok
-            elif loss_agg == "seq_mean":
-                w = 1.0 / lens[b] / n_seq
-            else:
-                w = 1.0 / (B * (max_len or L))
+            w = _agg_weight(loss_agg, lens[b], n_seq, n_tok, B, max_len or L)
             r = np.exp(logp[b, t] - old[b, t])
             rc = min(max(r, 1 - eps_low), 1 + eps_high)
             obj, dobj = (r * A, r * A) if r * A <= rc * A else (rc * A, 0.0)
