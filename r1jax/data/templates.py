@@ -7,7 +7,11 @@
   answer in \\boxed{}, which is where the reward reads it. The reward server splits a completion
   with `r1jax.reward.mathcheck.split_completion` (format, language and answer all use that split);
   `format_r1_response` writes exactly the layout it scores 1.0 for non-empty parts.
-- "chatml": the chat format of SmolLM2 / Qwen checkpoints.
+- "chatml": the chat format of SmolLM2 / Qwen checkpoints. It asks for no answer format, so its reward
+  format "chat" scores any non-empty completion 1 (append an instruction with data.question_suffix).
+- "chatml_boxed": "chatml" with the R1 paper's instruction "Please reason step by step, and put your final
+  answer within \\boxed{}." after the question; graded by the reward format "chat_boxed", whose format
+  reward checks that instruction (one boxed final answer after any </think>).
 - "deepseek_r1": the chat template of the released DeepSeek-R1 checkpoints (<｜User｜>/<｜Assistant｜>);
   the assistant turn opens with "<think>\n" as the released template does.
 
@@ -39,12 +43,18 @@ R1_READABLE = (
 
 CHATML = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
+# The R1 paper's instruction for math prompts to chat models (§3, evaluation setup).
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHATML_BOXED = CHATML.replace("{question}", "{question} " + BOXED_INSTRUCTION)
+
 DEEPSEEK_R1 = "<｜begin▁of▁sentence｜><｜User｜>{question}<｜Assistant｜><think>\n"
 
-TEMPLATES = {"r1_zero": R1_ZERO, "r1": R1_READABLE, "chatml": CHATML, "deepseek_r1": DEEPSEEK_R1}
+TEMPLATES = {"r1_zero": R1_ZERO, "r1": R1_READABLE, "chatml": CHATML, "chatml_boxed": CHATML_BOXED,
+             "deepseek_r1": DEEPSEEK_R1}
 
 # The reward server's "template" field: which output format the completion is graded against.
-REWARD_FORMAT = {"r1_zero": "r1_zero", "r1": "r1", "chatml": "chat", "deepseek_r1": "chat"}
+REWARD_FORMAT = {"r1_zero": "r1_zero", "r1": "r1", "chatml": "chat", "chatml_boxed": "chat_boxed",
+                 "deepseek_r1": "chat"}
 
 
 def render_prompt(template: str, question: str) -> str:

@@ -104,7 +104,8 @@ def extract_code(completion: str, template: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-_WHERE = {"r1_zero": "in the <answer> block", "r1": "in the summary", "chat": "after the reasoning"}
+_WHERE = {"r1_zero": "in the <answer> block", "r1": "in the summary", "chat": "after the reasoning",
+          "chat_boxed": "after the reasoning"}
 
 
 def signal_name(sig: int) -> str:

@@ -13,6 +13,11 @@ region (where answers are read: math, countdown) and whether the layout is exact
     scores that layout 0).
   * "chat": reasoning = before the last </think> (all text without one); final = after the last </think>
     (all text without think tags; None when a <think> never closes: the answer is only in the reasoning).
+    Well formed = not empty: a chat prompt that asks for no answer format has no format to check.
+  * "chat_boxed": the regions of "chat", for chat prompts that instruct "put your final answer within
+    \\boxed{}" (the prompt template "chatml_boxed"). Well formed = the final region gives exactly one
+    answer in a box: at least one \\boxed{...}, no empty box, and no two boxes with different contents
+    (repeating the same box is allowed, as accuracy reads it: `extract_answer`).
   * hedging scores 0: several different boxed answers, an empty box (no_answer), "3 or 4", and lists
     when the gold is a single value (enumerating every option).
 The reasoning region never contains the tags or the markers themselves. Extraction reads the text in one
@@ -101,13 +106,16 @@ class CompletionParts:
 
 
 def split_completion(completion: str, template: str) -> CompletionParts:
-    """Reasoning and final part of `completion` under the reward template "r1_zero", "r1" or "chat"."""
+    """Reasoning and final part of `completion` under the reward template "r1_zero", "r1", "chat" or
+    "chat_boxed"."""
     if template == "r1_zero":
         return _split_r1_zero(completion)
     if template == "r1":
         return _split_r1(completion)
     if template == "chat":
         return _split_chat(completion)
+    if template == "chat_boxed":
+        return _split_chat_boxed(completion)
     raise ItemError(f"field 'template' is {template!r}; expected one of {TEMPLATES}")
 
 
@@ -123,6 +131,22 @@ def _split_chat(completion: str) -> CompletionParts:
         before, final = completion, (None if "<think>" in completion else completion)
     ok = bool(completion.strip())
     return CompletionParts(_reasoning(before), final, ok, "" if ok else "empty completion")
+
+
+def _split_chat_boxed(completion: str) -> CompletionParts:
+    chat = _split_chat(completion)
+    if chat.final is None:
+        return dataclasses.replace(chat, well_formed=False, note="a <think> never closed: no final answer")
+    boxes = [b.strip() for b in boxed_contents(chat.final)]
+    if not boxes:
+        note = "no \\boxed{} answer after the reasoning"
+    elif not all(boxes):
+        note = "an empty \\boxed{}"
+    elif len(set(boxes)) > 1:
+        note = f"{len(set(boxes))} different boxed answers"
+    else:
+        note = ""
+    return dataclasses.replace(chat, well_formed=not note, note=note)
 
 
 def _last_answer_block(completion: str) -> str | None:

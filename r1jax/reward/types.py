@@ -27,7 +27,7 @@ STATUSES = (
 INFRA_STATUSES = frozenset({INFRA_ERROR, REJECTED})
 
 TASKS = ("math", "countdown", "code", "none")
-TEMPLATES = ("r1_zero", "r1", "chat")
+TEMPLATES = ("r1_zero", "r1", "chat", "chat_boxed")
 ITEM_KEYS = frozenset({"completion", "task", "answer", "meta", "template", "weights", "id", "question"})
 DEFAULT_WEIGHTS = {"accuracy": 1.0}
 

@@ -111,7 +111,7 @@ def test_template_is_required_not_guessed(client):
     """No default template: the layout decides the format reward and where answers are read, so a missing
     one is a 400 naming the field, never a silent format 0."""
     no_template = {k: v for k, v in math_item("4", "4").items() if k != "template"}
-    missing = r"item 1: missing field 'template'; one of \('r1_zero', 'r1', 'chat'\)"
+    missing = r"item 1: missing field 'template'; one of \('r1_zero', 'r1', 'chat', 'chat_boxed'\)"
     with pytest.raises(RewardRequestError, match=missing):
         client.score([math_item("4", "4"), no_template])
     with pytest.raises(RewardRequestError, match="item 0: field 'template' is None"):
