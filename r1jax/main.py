@@ -39,6 +39,7 @@ STAGES = {
     "eval": (("eval",), "eval.py:tiny"),
 }
 CONFIG_FILE = "config.json"  # the resolved config, written into every run directory
+SUMMARY_FILE = "summary.json"  # wall time and compilation counts of the command's last invocation
 USAGE = __doc__
 
 
@@ -268,8 +269,9 @@ def _run(command: str, config, overrides: dict, args) -> None:
     from absl import flags, logging
 
     from r1jax import console
-    from r1jax.fileio import write_atomic
-    from r1jax.trainer.config import PolicySpec
+    from r1jax.fileio import write_atomic, write_json
+    from r1jax.trainer import compilation
+    from r1jax.trainer.config import PolicySpec, compile_spec
 
     # the library's INFO logs (and libtpu's probe on machines without TPUs) only with --verbose
     flags.FLAGS.mark_as_parsed()
@@ -282,6 +284,8 @@ def _run(command: str, config, overrides: dict, args) -> None:
         jax.distributed.initialize()  # TPU pods / SLURM / Kubernetes: all from the environment
     config.lock()
     workdir = args.workdir or os.path.join("runs", config.get("name", command))
+    compilation.setup(compile_spec(config))  # before the first compilation: every stage gets the cache
+    before = compilation.totals()
     t0 = time.time()
     console.say(f"r1jax {command}", f"{workdir}  (config {os.path.relpath(_config_arg(sys.argv, command))})")
     console.say("devices", f"{jax.device_count()} × {jax.devices()[0].platform}, {jax.process_count()} process(es)")
@@ -293,7 +297,12 @@ def _run(command: str, config, overrides: dict, args) -> None:
             write_atomic(os.path.join(workdir, CONFIG_FILE), resolved(config))
 
     run_stage(command, config, workdir, check=check)
-    console.say("done", f"r1jax {command} in {console.duration(time.time() - t0)}; everything is in {workdir}")
+    wall_s, compiled = time.time() - t0, compilation.since(before)
+    console.say("compile", compilation.summary_line(compiled))
+    if jax.process_index() == 0 and os.path.isdir(workdir):
+        write_json(os.path.join(workdir, SUMMARY_FILE), {"command": command, "wall_s": round(wall_s, 2),
+                                                          "compile": compiled})
+    console.say("done", f"r1jax {command} in {console.duration(wall_s)}; everything is in {workdir}")
 
 
 def _config_command(argv: list[str]) -> None:

@@ -19,6 +19,7 @@ from r1jax.data.sources import TaskSpec
 from r1jax.data.templates import TEMPLATES
 from r1jax.model.config import ModelConfig, get_variant
 from r1jax.parallel.mesh import MeshConfig
+from r1jax.trainer.compilation import CompileSpec
 from r1jax.trainer.evaluation import EvalSpec
 from r1jax.trainer.generation import RolloutSpec
 from r1jax.trainer.optimizer import OptimConfig
@@ -69,6 +70,11 @@ def rollout_spec(c: ConfigDict) -> RolloutSpec:
 
 def eval_spec(c: ConfigDict) -> EvalSpec:
     return build(EvalSpec, "eval", **{**section(c, "eval"), "pass_ks": tuple(c.eval.pass_ks)})
+
+
+def compile_spec(c: ConfigDict) -> CompileSpec:
+    """The `compile` section (every stage has it; a config made without default_sections gets the defaults)."""
+    return build(CompileSpec, "compile", **(section(c, "compile") if "compile" in c else {}))
 
 
 def optim_config(c: ConfigDict, total_steps: int) -> OptimConfig:
@@ -279,7 +285,8 @@ SHARED_SECTIONS = ("mesh", "model", "policy", "trainer", "optim", "rollout", "re
 def default_sections(shared=SHARED_SECTIONS, **stage_sections) -> ConfigDict:
     """A stage config: the shared sections it uses, with the library's defaults (the dataclasses are
     the single source of truth), plus the stage's own sections. Config files start from this; a stage
-    config holds no section the stage does not read."""
+    config holds no section the stage does not read. Every stage has `compile` (r1jax/main.py reads it
+    for any command)."""
     defaults = {
         "mesh": lambda: config_fields(MeshConfig),
         "model": lambda: dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""),
@@ -296,6 +303,7 @@ def default_sections(shared=SHARED_SECTIONS, **stage_sections) -> ConfigDict:
     c.seed = 0
     for name in shared:
         c[name] = ConfigDict(defaults[name]())
+    c.compile = ConfigDict(config_fields(CompileSpec))
     for name, value in stage_sections.items():
         c[name] = ConfigDict(value) if isinstance(value, dict) else value
     return c
@@ -315,5 +323,6 @@ def task_section(prompts: bool = True, **overrides) -> dict:
 def common_sections() -> dict[str, type]:
     """Config sections that are a dataclass's fields one to one (their docs are the dataclass's)."""
     return {"mesh": MeshConfig, "trainer": StepConfig, "optim": OptimConfig, "rollout": RolloutSpec,
-            "eval": EvalSpec, "model": ModelSpec, "policy": PolicySpec, "reward": RewardSpec, "data": TaskSpec,
+            "eval": EvalSpec, "compile": CompileSpec,
+            "model": ModelSpec, "policy": PolicySpec, "reward": RewardSpec, "data": TaskSpec,
             "data.fields": FieldMap}

@@ -11,8 +11,9 @@ metrics, checkpoints.
 
 Layout of a workdir (every stage): policy.json + tokenizer/ (what the policy is, so the workdir is
 a policy source for the next stage), checkpoints/<step>/{policy,train,data}, metrics.jsonl,
-samples.jsonl, tb/. A stage started again on the same workdir resumes from its last checkpoint:
-same parameters, optimizer, rng stream and data position; metrics continue without gaps or repeats.
+samples.jsonl, tb/. Every metrics row also counts the programs compiled so far in this session
+(`compile/*`, r1jax.trainer.compilation). A stage started again on the same workdir resumes from its
+last checkpoint: same parameters, optimizer, rng stream and data position; metrics continue without gaps or repeats.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.metrics import MetricsWriter
 from r1jax.model import param_counts, replicated_params
 from r1jax.parallel.mesh import MeshConfig, make_mesh
+from r1jax.trainer import compilation
 from r1jax.trainer.policy import CHECKPOINT_DIR, Policy, write_policy_record
 from r1jax.trainer.state import TrainState, init_train_state, train_state_shardings
 
@@ -43,6 +45,7 @@ class Session:
         self.writer = MetricsWriter(workdir, start_step=self.start_step + 1 if self.start_step else 0,
                                     enabled=self.is_main)
         self.shardings = None
+        self._compiled0 = compilation.totals()  # the run's compiles so far, logged with every metrics row
         console.say("workdir", f"{workdir}: {f'resuming from step {self.start_step}' if self.start_step else 'new run'}"
                                f", mesh {' '.join(f'{k}={v}' for k, v in self.mesh.shape.items())}")
 
@@ -81,7 +84,11 @@ class Session:
         return state, {**extras, **{k: t[k] for k in live}}, data_state
 
     def log(self, step: int, scalars: dict) -> None:
-        self.writer.write(step, scalars)
+        """One metrics row, with the programs compiled since the session opened (a count that still
+        grows after the first steps is a recompilation)."""
+        c = compilation.since(self._compiled0)
+        self.writer.write(step, {**scalars, "compile/count": c["compiles"], "compile/seconds": c["compile_s"],
+                                 "compile/cache_hits": c["cache_hits"]})
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         self.writer.write_samples(step, samples)
