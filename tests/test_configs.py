@@ -20,7 +20,8 @@ def _config(name, variant):
     return module.get_config(variant)
 
 
-@pytest.mark.parametrize("variant, n_devices", [("tiny", 1), ("tiny", 8), ("smollm2", 1), ("dsv3_pod", 1024)])
+@pytest.mark.parametrize("variant, n_devices",
+                         [("tiny", 1), ("tiny", 8), ("smollm2", 1), ("smollm2_cpu", 1), ("dsv3_pod", 1024)])
 def test_rl_variants_pass_start_up_checks(variant, n_devices):
     rl.build(_config("r1_zero", variant), n_devices=n_devices)
 
