@@ -61,7 +61,16 @@ def free_forward(model):
 def stop_id(model, sampler):
     """A token that ends some rows early while others run on (both ways of routing the last token)."""
     r = jax.device_get(sampler.generate(model[1], PROMPTS, LENS, params(), jax.random.key(1)))
-    return int(r.tokens_bl[0, LENS[0] + 3])
+    rows = r.tokens_bl.shape[0]
+    first = {}  # token -> {row: first completion position}
+    for row in range(rows):
+        start = int(r.prompt_lens_b[row])
+        comp = r.tokens_bl[row, start : start + int(r.completion_lens_b[row])].tolist()
+        for pos, tok in enumerate(comp):
+            first.setdefault(tok, {}).setdefault(row, pos)
+    # the token that ends the most rows at the most different lengths, while some rows never meet it
+    usable = [t for t, where in first.items() if len(where) < rows]
+    return max(usable, key=lambda t: (len(set(first[t].values())), len(first[t])))
 
 
 @pytest.fixture(scope="module")
