@@ -3,7 +3,9 @@
 Masking is by position (docs/contracts.md): a query at position p sees a key at position q iff
 q <= p, and, without a cache, only keys of the same segment when segment ids are given.
 With a cache, slot = absolute position: the new keys are written at slots `positions_bt` first,
-then the query attends over all S slots with mask `slot <= position`.
+then the query attends over the slots with mask `slot <= position` (`cached_attention`): in blocks of
+cfg.attention_block slots with an online softmax, stopping after the block that holds the batch's
+furthest position, so a decode step reads the filled part of the cache, not all of it.
 
 Scores and softmax are float32 (as transformers' eager attention); masked entries get a large
 finite negative rather than -inf, so a row with nothing visible (padding) stays finite.
@@ -23,11 +25,9 @@ _NEG = -1e30
 LORA_NORM_EPS = 1e-6
 
 
-def attention_mask(positions_bt, segment_ids_bt=None, cache_len: int | None = None):
-    """Boolean mask [B, T, S]: keys are the tokens themselves (no cache) or the cache slots."""
+def attention_mask(positions_bt, segment_ids_bt=None):
+    """Boolean mask [B, T, T] of the cache-free forward: causal by position, within a segment."""
     q = positions_bt[:, :, None]
-    if cache_len is not None:
-        return jnp.arange(cache_len, dtype=positions_bt.dtype)[None, None, :] <= q
     mask = positions_bt[:, None, :] <= q
     if segment_ids_bt is not None:
         mask &= segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
@@ -39,10 +39,65 @@ def _probs(scores, mask_b1ts):
     return jax.nn.softmax(jnp.where(mask_b1ts, scores, _NEG), axis=-1)
 
 
+def cached_attention(q_parts, k_parts, v_bskd, positions_bt, *, scale: float, block: int):
+    """softmax(sum_i q_i . k_i * scale, mask slot <= position) @ v over the cache slots, in query-group
+    layout: q_i [B, T, K, G, D_i], k_i [B, S, K, D_i] (several parts are summed: MLA's latent and rope
+    keys), v [B, S, K, Dv] -> [B, T, K, G, Dv] in v's dtype.
+
+    With 0 < block < S, the slots are read block by block (online softmax, float32 running max / sum /
+    output) in a while loop that stops after the block holding max(positions_bt): nothing past the
+    batch's furthest position is read. The last block is read from S - block, so it may overlap the one
+    before; slots below the block's own start are masked out there. A dense pass otherwise (the same
+    function; the blocked path differs from it only by float rounding).
+    """
+    b, s = v_bskd.shape[:2]
+    q_pos_b1t1 = positions_bt[:, None, None, :, None]
+
+    def scores(start, width):
+        """float32 [B, K, G, T, width] for slots start .. start + width (masked to slot <= position)."""
+        total = sum(
+            jnp.einsum("btkgd,bskd->bkgts", q, jax.lax.dynamic_slice_in_dim(k, start, width, axis=1),
+                       preferred_element_type=jnp.float32)
+            for q, k in zip(q_parts, k_parts, strict=True)
+        )
+        slot = start + jnp.arange(width, dtype=positions_bt.dtype)
+        return total * scale, slot <= q_pos_b1t1, slot
+
+    if not 0 < block < s:
+        sc, mask, _ = scores(0, s)
+        p = _probs(sc, mask).astype(v_bskd.dtype)
+        return jnp.einsum("bkgts,bskd->btkgd", p, v_bskd)
+
+    def body(carry):
+        i, m, total, acc = carry
+        start = jnp.minimum(i * block, s - block)
+        sc, mask, slot = scores(start, block)
+        mask &= slot >= i * block  # an overlapping last block: those slots were counted already
+        sc = jnp.where(mask, sc, _NEG)
+        m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
+        p = jnp.where(mask, jnp.exp(sc - m_new[..., None]), 0.0)
+        rescale = jnp.exp(m - m_new)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_bskd, start, block, axis=1)
+        pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v_bskd.dtype), v_blk, preferred_element_type=jnp.float32)
+        return i + 1, m_new, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+
+    kk, g, t = q_parts[0].shape[2], q_parts[0].shape[3], positions_bt.shape[1]
+    n_blocks = jnp.minimum(jnp.max(positions_bt) // block + 1, -(-s // block))
+    init = (jnp.int32(0), jnp.full((b, kk, g, t), _NEG, jnp.float32), jnp.zeros((b, kk, g, t), jnp.float32),
+            jnp.zeros((b, kk, g, t, v_bskd.shape[-1]), jnp.float32))
+    _, _, total, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+    # a query that sees no slot (total = 0) gets 0, not NaN; decode and prefill queries always see slot 0
+    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).astype(v_bskd.dtype)
+
+
 def _write(cache_bs, new_bt, positions_bt):
-    """Writes the new entries at slots positions_bt (out-of-range slots are dropped)."""
+    """Writes the new entries at slots positions_bt (out-of-range slots are dropped). A row's positions
+    are distinct (slot = absolute position), so the scatter is declared unique: XLA then updates the
+    slots in place instead of passing over the whole cache (on CPU, 6x less time at 2K slots)."""
     b_idx = jnp.arange(cache_bs.shape[0])[:, None]
-    return cache_bs.at[b_idx, positions_bt].set(new_bt.astype(cache_bs.dtype), mode="drop")
+    return cache_bs.at[b_idx, positions_bt].set(new_bt.astype(cache_bs.dtype), mode="drop",
+                                                unique_indices=True)
 
 
 class GQAttention(nnx.Module):
@@ -69,13 +124,13 @@ class GQAttention(nnx.Module):
         v = self.v_proj(x_btd).reshape(b, t, k, d)
         q = apply_rope(q, *cos_sin, interleave=cfg.rope_interleave)
         kk = apply_rope(kk, *cos_sin, interleave=cfg.rope_interleave)
+        q = q.reshape(b, t, k, h // k, d)
         if cache is not None:
             cache = {"k": _write(cache["k"], kk, positions_bt), "v": _write(cache["v"], v, positions_bt)}
-            kk, v = cache["k"], cache["v"]
-            mask = attention_mask(positions_bt, cache_len=kk.shape[1])
-        else:
-            mask = attention_mask(positions_bt, segment_ids_bt)
-        q = q.reshape(b, t, k, h // k, d)
+            o = cached_attention((q,), (cache["k"],), cache["v"], positions_bt, scale=cfg.softmax_scale,
+                                 block=cfg.attention_block)
+            return self.o_proj(o.reshape(b, t, h * d)), cache
+        mask = attention_mask(positions_bt, segment_ids_bt)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, kk, preferred_element_type=jnp.float32)
         p = _probs(scores * cfg.softmax_scale, mask[:, None, None]).astype(v.dtype)
         o = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h * d)
@@ -142,11 +197,10 @@ class MLAttention(nnx.Module):
         else:
             cache = {"c_kv": _write(cache["c_kv"], c_btr, positions_bt),
                      "k_rope": _write(cache["k_rope"], k_rope_bte, positions_bt)}
-            c_bsr, kr_bse = cache["c_kv"], cache["k_rope"]
+            # one shared latent key/value "head" (K = 1) for all h query heads (G = h)
+            c_bs1r, kr_bs1e = cache["c_kv"][:, :, None], cache["k_rope"][:, :, None]
             q_lat = jnp.einsum("bthn,rhn->bthr", q_nope, w_uk_rhn)
-            scores = (jnp.einsum("bthr,bsr->bhts", q_lat, c_bsr, preferred_element_type=jnp.float32)
-                      + jnp.einsum("bthe,bse->bhts", q_rope, kr_bse, preferred_element_type=jnp.float32))
-            mask = attention_mask(positions_bt, cache_len=c_bsr.shape[1])
-            p = _probs(scores * cfg.softmax_scale, mask[:, None]).astype(c_bsr.dtype)
-            o = jnp.einsum("bthr,rhv->bthv", jnp.einsum("bhts,bsr->bthr", p, c_bsr), w_uv_rhv)
+            o_lat = cached_attention((q_lat[:, :, None], q_rope[:, :, None]), (c_bs1r, kr_bs1e), c_bs1r,
+                                     positions_bt, scale=cfg.softmax_scale, block=cfg.attention_block)
+            o = jnp.einsum("bthr,rhv->bthv", o_lat[:, :, 0], w_uv_rhv)
         return self.o_proj(o.reshape(b, t, h * dv)), cache

@@ -141,6 +141,10 @@ class ModelConfig:
 
     remat: bool = False
     """Recompute each block's activations in the backward pass (jax.checkpoint): memory for FLOPs."""
+    attention_block: int = 128
+    """KV-cache slots per block when attending over a cache (prefill and decode): blocks past the batch's
+    furthest position are never read, so a step costs the filled length, not the cache size; 0 = one
+    dense pass over every slot."""
 
     dtype: str = "float32"
     """Activation/compute dtype."""
@@ -199,6 +203,7 @@ class ModelConfig:
             need(self.seq_aux_alpha >= 0, "seq_aux_alpha", "must be >= 0")
         need(self.n_shared_experts >= 0, "n_shared_experts", "must be >= 0")
         need(self.n_mtp >= 0, "n_mtp", "must be >= 0")
+        need(self.attention_block >= 0, "attention_block", "must be >= 0 (0 = dense)")
 
     # --- derived sizes ---
     @property

@@ -16,6 +16,15 @@ VARIANTS = {
     "gqa": dataclasses.replace(M.get_variant("tiny_dense"), init_std=0.2),
     "mla": dataclasses.replace(M.get_variant("tiny_moe"), init_std=0.2, n_mtp=0),
 }
+# cache attention in blocks (the tests' caches hold 16 slots, positions reach 11): 5 slots = three blocks
+# read; 9 slots = a second block read from slot 7, overlapping the first; and one dense pass. All must
+# equal the full forward.
+VARIANTS |= {
+    "gqa_block5": dataclasses.replace(VARIANTS["gqa"], attention_block=5),
+    "gqa_block9": dataclasses.replace(VARIANTS["gqa"], attention_block=9),
+    "mla_block9": dataclasses.replace(VARIANTS["mla"], attention_block=9),
+    "gqa_dense": dataclasses.replace(VARIANTS["gqa"], attention_block=0),
+}
 B, T = 3, 12  # every forward call uses this shape, so each variant compiles the forward once
 
 
