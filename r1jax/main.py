@@ -39,7 +39,7 @@ STAGES = {
     "eval": (("eval",), "eval.py:tiny"),
 }
 CONFIG_FILE = "config.json"  # the resolved config, written into every run directory
-SUMMARY_FILE = "summary.json"  # wall time and compilation counts of the command's last invocation
+TIMING_FILE = "timing.json"  # wall time and compilation counts of the command's last invocation
 USAGE = __doc__
 
 
@@ -300,7 +300,7 @@ def _run(command: str, config, overrides: dict, args) -> None:
     wall_s, compiled = time.time() - t0, compilation.since(before)
     console.say("compile", compilation.summary_line(compiled))
     if jax.process_index() == 0 and os.path.isdir(workdir):
-        write_json(os.path.join(workdir, SUMMARY_FILE), {"command": command, "wall_s": round(wall_s, 2),
+        write_json(os.path.join(workdir, TIMING_FILE), {"command": command, "wall_s": round(wall_s, 2),
                                                           "compile": compiled})
     console.say("done", f"r1jax {command} in {console.duration(wall_s)}; everything is in {workdir}")
 

@@ -25,7 +25,7 @@ def _pretrain(workdir, cache):
                            f"--config.compile.cache_dir={cache}"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(os.path.join(workdir, "summary.json")) as f:
+    with open(os.path.join(workdir, "timing.json")) as f:
         return json.load(f)["compile"], proc.stdout
 
 
@@ -33,14 +33,14 @@ def test_second_run_of_the_same_config_compiles_nothing(tmp_path):
     cache = str(tmp_path / "cache")
     first, out = _pretrain(tmp_path / "a", cache)
     assert first["cache_dir"] == cache
-    assert first["compiles"] >= 5 and first["compile_s"] > 0 and first["cache_hits"] == 0
+    assert first["compiles"] >= 5 and first["compile_s"] > 0
     assert first["cache_writes"] == first["compiles"]  # every program, however small (the CPU thresholds)
-    assert f"compiles: {first['compiles']} (" in out and "persistent cache hits: 0" in out
+    assert f"compiles: {first['compiles']} (" in out
 
     second, out = _pretrain(tmp_path / "b", cache)  # same config, new workdir, new process
     assert second["compiles"] == 0, second
-    assert second["cache_hits"] == first["compiles"] and second["cache_writes"] == 0
-    assert f"compiles: 0 (0.0 s), persistent cache hits: {first['compiles']} (" in out
+    assert second["cache_hits"] == first["compiles"] + first["cache_hits"] and second["cache_writes"] == 0
+    assert f"compiles: 0 (0.0 s), persistent cache hits: {second['cache_hits']} (" in out
     with open(tmp_path / "b" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     assert rows and all(r["compile/count"] == 0 and "compile/cache_hits" in r for r in rows)

@@ -77,14 +77,19 @@ def setup(spec: CompileSpec) -> str | None:
     _listen()
     if path is not None:
         os.makedirs(path, mode=0o700, exist_ok=True)  # the cache is trusted code: the user's own
-    current = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+    values = jax.config.values
+    current = values.get("jax_compilation_cache_dir") if values.get("jax_enable_compilation_cache", True) else None
     if (path or None) != (current or None):
         _reset_jax_cache()  # JAX decides once per process whether and where to cache; start that over
     jax.config.update("jax_enable_compilation_cache", path is not None)
     jax.config.update("jax_compilation_cache_dir", path)
     if path is not None:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(spec.min_compile_time_s))
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor (and no override)
+        for name, value in (("jax_persistent_cache_min_compile_time_secs", float(spec.min_compile_time_s)),
+                            ("jax_persistent_cache_min_entry_size_bytes", -1)):  # -1: no size floor, no override
+            try:
+                jax.config.update(name, value)
+            except AttributeError:  # a JAX without this threshold: its default applies
+                pass
     _COUNTS.cache_dir = path
     return path
 
