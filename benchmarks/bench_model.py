@@ -132,7 +132,8 @@ def main():
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--remat", action="store_true", help="recompute block activations in the backward pass")
     ap.add_argument("--peer", action="store_true", help="also time transformers (PyTorch) on the same shapes")
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny variants, float32, B=2, L=32")
+    ap.add_argument("--tiny", action="store_true",
+                    help="CPU smoke run: tiny variants cut to 2 layers without MTP, float32, B=2, L=32, 2 steps")
     args = ap.parse_args()
 
     import r1jax.model as M
@@ -144,6 +145,8 @@ def main():
         variants = args.variant or ["small_dense", "small_moe"]
     for name in variants:
         cfg = dataclasses.replace(M.get_variant(name), dtype=args.dtype, param_dtype=args.dtype, remat=args.remat)
+        if args.tiny:  # the same code paths (tiny_moe keeps a dense and an MoE layer), half the compile time
+            cfg = dataclasses.replace(cfg, n_layers=min(cfg.n_layers, 2), n_mtp=0)
         tokens = args.batch * args.length
         flops = M.model_flops_per_token(cfg, args.length) * tokens
         rows = [("r1jax", bench_r1jax(cfg, args.batch, args.length, args.steps, args.chunk))]
