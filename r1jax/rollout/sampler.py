@@ -59,6 +59,15 @@ def _rows_sharding(mesh: Mesh, shape, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, P(tuple(keep) if keep else None, *([None] * (len(shape) - 1))))
 
 
+def compaction_widths(rows: int, levels: int, shards: int = 1) -> tuple[int, ...]:
+    """Batch widths of the decode loop's stages: rows, rows/2, ... (at most `levels` halvings), each a
+    multiple of `shards` (the devices the rows are split over) so every shard keeps an equal share."""
+    widths = [rows]
+    while len(widths) <= levels and widths[-1] % (2 * shards) == 0:
+        widths.append(widths[-1] // 2)
+    return tuple(widths)
+
+
 def _decode_program(
     graphdef,
     state,
@@ -79,11 +88,18 @@ def _decode_program(
     mesh: Mesh | None,
     rules: Rules,
     record_routing: bool = False,
+    widths: tuple[int, ...] | None = None,
 ):
-    """The whole rollout for one bucket (pure; jitted by `Sampler`). Rows are prompt * n + g."""
+    """The whole rollout for one bucket (pure; jitted by `Sampler`). Rows are prompt * n + g.
+
+    widths: the decode loop's batch width per stage (`compaction_widths`; None = all rows throughout).
+    A stage runs until its unfinished rows fit the next width; they are then gathered, with their
+    cache, into a batch that wide, so the long tail of a GRPO group is decoded at a fraction of the
+    batch. Each row carries its output row id; outputs are written at those ids."""
     model = nnx.merge(graphdef, state)
     b, p = prompt_bp.shape
     rows, m = b * n, max_new_bucket
+    widths = widths or (rows,)
     n_routed = main_moe_layers(model.cfg)
     record = record_routing and n_routed > 0  # dense models: nothing to record
 
@@ -92,10 +108,11 @@ def _decode_program(
             return cache
         return jax.lax.with_sharding_constraint(cache, cache_shardings(cache, mesh, rules))
 
-    def sample(t, logits_nv):
-        return sampling_lib.sample_tokens(
-            jax.random.fold_in(rng, t), logits_nv, temperature, top_p, top_k=top_k, top_p_active=top_p_active
-        )
+    def sample(t, logits_nv, row_n):
+        # each row's key from (step, row id): a row's draws do not depend on the batch it is decoded in
+        keys_n = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(rng, t), row_n)
+        return sampling_lib.sample_tokens(keys_n, logits_nv, temperature, top_p, top_k=top_k,
+                                          top_p_active=top_p_active)
 
     # ---- prefill the B prompts once, then give every completion its own copy of the cache
     positions_bp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
@@ -107,67 +124,101 @@ def _decode_program(
     cache = constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache))
     lens_n = jnp.repeat(lens_b, n)
 
-    tok_n, lps_n, lpp_n = sample(0, logits_nv)
+    tok_n, lps_n, lpp_n = sample(0, logits_nv, jnp.arange(rows, dtype=jnp.int32))
     stop_states, hit_n = stops.advance(tables, jnp.zeros((len(tables), rows), jnp.int32), tok_n)
-    comp_nm = jnp.full((rows, m), pad_id, jnp.int32).at[:, 0].set(tok_n)
-    lps_nm = jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lps_n)
-    lpp_nm = jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lpp_n)
-    carry = dict(
-        t=jnp.int32(1),
+    # per-row state of the rows being decoded (width changes from stage to stage) ...
+    live = dict(
+        row=jnp.arange(rows, dtype=jnp.int32),
+        lens=lens_n,
         tok=tok_n,
         stopped=hit_n,
         done=hit_n | (max_new <= 1),
         clen=jnp.ones_like(lens_n),
         stop_states=stop_states,
         cache=cache,
-        comp=comp_nm,
-        lps=lps_nm,
-        lpp=lpp_nm,
+    )
+    # ... and the outputs of every row, written at the live rows' ids
+    out = dict(
+        t=jnp.int32(1),
+        comp=jnp.full((rows, m), pad_id, jnp.int32).at[:, 0].set(tok_n),
+        lps=jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lps_n),
+        lpp=jnp.zeros((rows, m), jnp.float32).at[:, 0].set(lpp_n),
+        stopped=hit_n,
+        clen=jnp.ones_like(lens_n),
     )
     if record:
         # completion token j is routed at step j + 1, when it is fed back (column j); `fed`: rows whose
         # last token has been fed (a row done at the start of step t has its last token at <= t - 1)
         k = model.cfg.n_experts_per_tok
-        carry["routing"] = jnp.zeros((rows, m, n_routed, k), jnp.int32)
-        carry["fed"] = jnp.zeros_like(hit_n)
+        out["routing"] = jnp.zeros((rows, m, n_routed, k), jnp.int32)
+        live["fed"] = jnp.zeros_like(hit_n)
 
-    def cond(c):
-        if record:
-            # one step past the last sample, so every row's last token is fed and routed; that step
-            # keeps nothing else (every row is done: pad, zero log-probs, and at t = m the writes fall
-            # outside the buffers, which JAX's scatter drops). Every row is done after step max_new - 1,
-            # so t <= max_new.
-            return ~jnp.all(c["fed"])
-        return (c["t"] < max_new) & ~jnp.all(c["done"])
+    def unfinished(lv):
+        # with routing: one step past the last sample, so every row's last token is fed and routed; that
+        # step keeps nothing else (every row is done: pad, zero log-probs, and at t = m the writes fall
+        # outside the buffers, which JAX's scatter drops). Every row is done after step max_new - 1.
+        return ~lv["fed"] if record else ~lv["done"]
 
-    def body(c):
-        t, active = c["t"], ~c["done"]
-        positions_n1 = (lens_n + t - 1)[:, None]
+    def body(carry):
+        lv, o = carry
+        t, active, row = o["t"], ~lv["done"], lv["row"]
+        positions_n1 = (lv["lens"] + t - 1)[:, None]
         hidden_n1d, cache, aux = model(
-            shard(c["tok"][:, None], ("batch", "length")), positions_n1, cache=c["cache"]
+            shard(lv["tok"][:, None], ("batch", "length")), positions_n1, cache=lv["cache"]
         )
-        tok, lps, lpp = sample(t, model.logits(hidden_n1d)[:, 0])
-        new_states, hit = stops.advance(tables, c["stop_states"], tok)
+        tok, lps, lpp = sample(t, model.logits(hidden_n1d)[:, 0], row)
+        new_states, hit = stops.advance(tables, lv["stop_states"], tok)
         tok = jnp.where(active, tok, pad_id)
-        extra = {}
-        if record:  # every row: a finished row's column t - 1 lies past its completion and is dropped
-            extra["routing"] = jax.lax.dynamic_update_slice_in_dim(c["routing"], aux.routing_btlk, t - 1, axis=1)
-            extra["fed"] = c["done"]
-        return dict(
-            t=t + 1,
+        stopped = lv["stopped"] | (active & hit)
+        clen = lv["clen"] + active
+        new_lv = dict(
+            lv,
             tok=tok,
-            stopped=c["stopped"] | (active & hit),
-            done=c["done"] | hit | (t + 1 >= max_new),
-            clen=c["clen"] + active,
-            stop_states=jnp.where(active[None], new_states, c["stop_states"]),
+            stopped=stopped,
+            done=lv["done"] | hit | (t + 1 >= max_new),
+            clen=clen,
+            stop_states=jnp.where(active[None], new_states, lv["stop_states"]),
             cache=constrain_cache(cache),
-            comp=c["comp"].at[:, t].set(tok),
-            lps=c["lps"].at[:, t].set(jnp.where(active, lps, 0.0)),
-            lpp=c["lpp"].at[:, t].set(jnp.where(active, lpp, 0.0)),
-            **extra,
         )
+        # row ids are distinct: every write below is a scatter of distinct rows
+        new_o = dict(
+            o,
+            t=t + 1,
+            comp=o["comp"].at[row, t].set(tok, unique_indices=True),
+            lps=o["lps"].at[row, t].set(jnp.where(active, lps, 0.0), unique_indices=True),
+            lpp=o["lpp"].at[row, t].set(jnp.where(active, lpp, 0.0), unique_indices=True),
+            stopped=o["stopped"].at[row].set(stopped, unique_indices=True),
+            clen=o["clen"].at[row].set(clen, unique_indices=True),
+        )
+        if record:  # every row: a finished row's column t - 1 lies past its completion and is dropped
+            new_o["routing"] = o["routing"].at[row, t - 1].set(aux.routing_btlk[:, 0], unique_indices=True)
+            new_lv["fed"] = lv["done"]
+        return new_lv, new_o
 
-    c = jax.lax.while_loop(cond, body, carry)
+    def compact(lv, width):
+        """The unfinished rows (at most `width`), then finished ones to fill: gathered with their cache."""
+        keep = jnp.argsort(~unfinished(lv), stable=True)[:width]
+        gathered = {
+            name: (x[:, keep] if name == "stop_states" else jax.tree.map(lambda a: a[keep], x))  # noqa: B023
+            for name, x in lv.items()
+        }
+        gathered["cache"] = constrain_cache(gathered["cache"])
+        return gathered
+
+    carry = (live, out)
+    for stage, width in enumerate(widths):
+        next_width = widths[stage + 1] if stage + 1 < len(widths) else 0
+
+        def cond(c, next_width=next_width):
+            lv, o = c
+            left = jnp.sum(unfinished(lv))
+            go = left > 0 if record else (o["t"] < max_new) & (left > 0)
+            return go & (left > next_width)
+
+        if stage:
+            carry = (compact(carry[0], width), carry[1])
+        carry = jax.lax.while_loop(cond, body, carry)
+    c = dict(carry[1])
 
     # ---- training layout: prompt at [0, len_p), completion at [len_p, len_p + len_c), pad after
     j_l = jnp.arange(p + m, dtype=jnp.int32)[None]
@@ -218,6 +269,11 @@ class Sampler:
     record_routing: fill Rollout.routing_btlk with the experts every token ran through (MoE models; a
     dense model's stays None), for routing replay in the trainer. `generate(..., record_routing=)`
     overrides it per call; recording and not recording are separate compiled programs.
+
+    compaction_levels: how many times the decode batch may halve as rows finish (0 = never). Each
+    level is one more copy of the decode step in the compiled program (compile time) and one gather of
+    the unfinished rows' cache when it starts; it pays where a step's cost follows its rows (large
+    batches, long completions), docs/benchmarks.md § rollout tail.
     """
 
     def __init__(
@@ -229,8 +285,12 @@ class Sampler:
         max_cache_len: int | None = None,
         rules: Rules = DEFAULT_RULES,
         record_routing: bool = False,
+        compaction_levels: int = 2,
     ):
+        if compaction_levels < 0:
+            raise ValueError(f"compaction_levels must be >= 0, got {compaction_levels}")
         self.graphdef = graphdef
+        self.compaction_levels = compaction_levels
         self.mesh = mesh
         self.pad_id = pad_id
         self.max_cache_len = max_cache_len
@@ -303,9 +363,15 @@ class Sampler:
         key = (b, p_bucket, m_bucket, cache_len, sampling.n, sampling.top_k, top_p_active, table_shapes, record)
         if key in self._programs:
             return self._programs[key]
+        rows = b * sampling.n
+        shards = 1
+        if self.mesh is not None:
+            spec = _rows_sharding(self.mesh, (rows,), self.rules).spec[0]
+            shards = int(np.prod([self.mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec or ())]))
         fn = functools.partial(
             _decode_program,
             self.graphdef,
+            widths=compaction_widths(rows, self.compaction_levels, shards),
             n=sampling.n,
             max_new_bucket=m_bucket,
             cache_len=cache_len,
@@ -319,7 +385,6 @@ class Sampler:
         if self.mesh is None:
             jitted = jax.jit(fn)
         else:
-            rows = b * sampling.n
             rep = NamedSharding(self.mesh, P())
             by_row = lambda *shape: _rows_sharding(self.mesh, shape, self.rules)  # noqa: E731
             in_sh = (

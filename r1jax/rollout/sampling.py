@@ -38,6 +38,16 @@ _DRAW_BLOCK = 256
 _ONE_BITS = 0x3F800000
 
 
+def row_keys(rng: jax.Array, rows: int) -> jax.Array:
+    """One key per row: `rng` itself when it already is a batch of keys [rows], else split from it.
+    A caller that derives each row's key from the row's identity (the sampler does) gets draws that do
+    not depend on which other rows share the batch, or in which order."""
+    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    if rng.ndim == (1 if typed else 2):
+        return rng
+    return jax.random.split(rng, rows)
+
+
 def _nucleus_threshold(sorted_desc_bk: jax.Array, top_p: jax.Array) -> jax.Array:
     """Given logits sorted descending (the whole kept set), the smallest logit in the nucleus.
 
@@ -84,7 +94,8 @@ def _inverse_cdf(rng: jax.Array, w_bv: jax.Array) -> jax.Array:
     w_bnk = jnp.pad(w_bv, ((0, 0), (0, n_blk * blk - vocab))).reshape(rows, n_blk, blk)
     block_bn = jnp.sum(w_bnk, axis=-1)
     cum_bn = jnp.cumsum(block_bn, axis=-1)
-    target_b = jax.random.uniform(rng, (rows,), jnp.float32) * cum_bn[:, -1]
+    u_b = jax.vmap(lambda key: jax.random.uniform(key, (), jnp.float32))(row_keys(rng, rows))
+    target_b = u_b * cum_bn[:, -1]
 
     def pick(cum_bx, positive_bx, t_b):
         # first entry whose cumulative weight exceeds t: it has weight > 0 (u = 0 included); rounding
@@ -103,7 +114,8 @@ def _inverse_cdf(rng: jax.Array, w_bv: jax.Array) -> jax.Array:
 def _draw(rng, logits_bk, idx_bk=None):
     """Categorical draw over a short last axis (-inf = excluded): (token ids, log-prob under the
     renormalised distribution). idx_bk maps candidate positions back to token ids."""
-    choice_b = jax.random.categorical(rng, logits_bk, axis=-1)
+    keys = row_keys(rng, logits_bk.shape[0])
+    choice_b = jax.vmap(lambda key, row_k: jax.random.categorical(key, row_k))(keys, logits_bk)
     chosen_b = jnp.take_along_axis(logits_bk, choice_b[:, None], axis=-1)[:, 0]
     tokens_b = choice_b if idx_bk is None else jnp.take_along_axis(idx_bk, choice_b[:, None], axis=-1)[:, 0]
     return tokens_b.astype(jnp.int32), chosen_b - jax.nn.logsumexp(logits_bk, axis=-1)
@@ -150,6 +162,8 @@ def sample_tokens(
     top_p_active: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One token per row. Returns (tokens_b int32, logp_sampling_b, logp_policy_b) in float32.
+
+    rng: one key, or one key per row (`row_keys`).
 
     logp_sampling is the log-prob of the token under the distribution it was drawn from; logp_policy
     under the unmodified model (T=1, no truncation) — the number the trainer recomputes.

@@ -35,6 +35,9 @@ class RolloutSpec:
     compute_dtype: str = ""
     """The sampler's compute dtype ('' = the policy's); e.g. 'bfloat16' samples in bf16 while the trainer
     keeps float32, as serving engines do: a real source of sampler/trainer mismatch."""
+    compaction_levels: int = 2
+    """How many times the decode batch halves as rows finish (0 = never): the long tail of a group is
+    decoded in a smaller batch; each level adds one copy of the decode step to the compiled program."""
 
     def __post_init__(self):
         SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -42,6 +45,8 @@ class RolloutSpec:
                        stop_strings=self.stop_strings)  # validates now, before any compilation
         if self.max_prompt_len < 1:
             raise ValueError(f"max_prompt_len must be >= 1, got {self.max_prompt_len}")
+        if self.compaction_levels < 0:
+            raise ValueError(f"compaction_levels must be >= 0, got {self.compaction_levels}")
 
 
 class Generator:
@@ -53,7 +58,8 @@ class Generator:
             if model_cfg is None:
                 raise ValueError("rollout.compute_dtype needs the policy's model config")
             graphdef = abstract_model(dataclasses.replace(model_cfg, dtype=spec.compute_dtype))[0]
-        self.sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id))
+        self.sampler = Sampler(graphdef, mesh=mesh, pad_id=int(tokenizer.pad_id),
+                               compaction_levels=spec.compaction_levels)
         self.mesh, self.tokenizer, self.spec = mesh, tokenizer, spec
         self.stop_token_ids = tuple(sorted({int(tokenizer.eos_id)} | set(spec.stop_token_ids)))
 

@@ -271,3 +271,37 @@ def test_decode_loop_stays_on_device(model, sampler):
     for host_op in ("callback", "send", "recv", "outfeed", "infeed"):
         assert host_op not in hlo.lower(), host_op
     assert len(sampler._programs) == 1  # lowering reused the cached program of the other tests
+
+
+def test_compaction_changes_nothing_but_the_batch_width(model, sampled):
+    """Halving the decode batch as rows finish (8 -> 4 -> 2 rows here) gives the same rollout as
+    decoding all rows to the end: each row's draws are keyed by its row id, not its batch slot."""
+    rows = sampled.tokens_bl.shape[0]
+    stops = []  # stop tokens that end most rows, at different steps (greedy cover of the rows)
+    while len(stops) < 4:
+        ended = {r for r in range(rows) if set(completion(sampled, r)[:MAX_NEW - 1]) & set(stops)}
+        gain = {t: len({r for r in range(rows) if r not in ended and t in completion(sampled, r)[1 : MAX_NEW - 1]})
+                for r in range(rows) for t in completion(sampled, r)}
+        stops.append(max(gain, key=gain.get))
+    sp = params(stop_token_ids=tuple(stops))
+    key = jax.random.key(1)
+    plain = jax.device_get(Sampler(model[0], pad_id=PAD, compaction_levels=0).generate(model[1], PROMPTS, LENS,
+                                                                                        sp, key))
+    compact = jax.device_get(Sampler(model[0], pad_id=PAD).generate(model[1], PROMPTS, LENS, sp, key))
+    lens = np.sort(plain.completion_lens_b)
+    assert lens[-5] < lens[-1] and lens[-3] < lens[-1], lens  # 4, then 2 rows were left: both stages ran
+    check_layout(compact)
+    for name in ("tokens_bl", "completion_lens_b", "finish_reason_b", "completion_mask_bl"):
+        np.testing.assert_array_equal(getattr(compact, name), getattr(plain, name), err_msg=name)
+    for name in ("logp_sampling_bl", "logp_policy_bl"):
+        np.testing.assert_allclose(getattr(compact, name), getattr(plain, name), atol=1e-5, err_msg=name)
+
+
+def test_compaction_widths_keep_shards_even():
+    from r1jax.rollout.sampler import compaction_widths
+
+    assert compaction_widths(64, 2) == (64, 32, 16)
+    assert compaction_widths(64, 0) == (64,)
+    assert compaction_widths(12, 3) == (12, 6, 3)
+    assert compaction_widths(8, 3, shards=4) == (8, 4)  # 4 shards: never fewer rows than shards
+    assert compaction_widths(6, 2, shards=4) == (6,)
