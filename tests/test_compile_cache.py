@@ -67,3 +67,11 @@ def test_summary_line_reads_as_the_issue_asks():
     t = dict(compiles=41, compile_s=23.46, cache_hits=0, cache_load_s=0.0, cache_writes=41, trace_s=1.0, lower_s=0.5,
              cache_dir="/tmp/c")
     assert compilation.summary_line(t).startswith("compiles: 41 (23.5 s), persistent cache hits: 0 (")
+
+
+def test_a_cache_directory_that_cannot_be_made_turns_the_cache_off(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="cache off"):
+        assert compilation.setup(CompileSpec(cache_dir=str(blocker / "cache"))) is None
+    assert compilation.totals()["cache_dir"] is None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import warnings
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -76,7 +77,11 @@ def setup(spec: CompileSpec) -> str | None:
     path = cache_dir_of(spec)
     _listen()
     if path is not None:
-        os.makedirs(path, mode=0o700, exist_ok=True)  # the cache is trusted code: the user's own
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)  # the cache is trusted code: the user's own
+        except OSError as e:  # a read-only home, say: run without the cache rather than not at all
+            warnings.warn(f"persistent compilation cache off: cannot create {path}: {e}", stacklevel=2)
+            path = None
     values = jax.config.values
     current = values.get("jax_compilation_cache_dir") if values.get("jax_enable_compilation_cache", True) else None
     if (path or None) != (current or None):
