@@ -19,8 +19,9 @@
 #   logs.tar.gz         every step's stderr, and the runs' config/metrics/timing files
 #
 # Python packages r1jax needs that the box lacks (the preflight lists them and stops within seconds):
-# ml-collections, grain and tensorboardX at the last look (/work/.library/device/KINDS.md). Carry them as
-# wheels and put them on PYTHONPATH before calling this script (it installs nothing), e.g.
+# ml-collections, tensorboardX, grain and grain's array-record and portpicker at the last look
+# (/work/.library/device/KINDS.md). Carry them as Python 3.12 manylinux wheels and put them on PYTHONPATH
+# before calling this script (it installs nothing), e.g.
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #
 # The SmolLM2 GGUF (98 MB, sha256 below): $SMOLLM2_GGUF (a .gguf file), or $SMOLLM2_GGUF_PARTS (files,
@@ -186,7 +187,8 @@ for module, dist in (("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("o
                      ("orbax.checkpoint", "orbax-checkpoint"), ("torch", "torch"), ("transformers", "transformers"),
                      ("ml_collections", "ml-collections"), ("grain", "grain"), ("tensorboardX", "tensorboardX"),
                      ("sentencepiece", "sentencepiece"), ("tokenizers", "tokenizers"), ("sympy", "sympy"),
-                     ("pyarrow", "pyarrow"), ("matplotlib", "matplotlib"), ("absl", "absl-py")):
+                     ("pyarrow", "pyarrow"), ("matplotlib", "matplotlib"), ("absl", "absl-py"),
+                     ("array_record", "array-record"), ("portpicker", "portpicker")):  # (grain's own needs)
     try:
         found = importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
@@ -202,11 +204,12 @@ info["versions"], info["missing"] = versions, missing
 problems = []
 if missing:
     problems.append(f"missing Python packages: {', '.join(missing)} (carry them as wheels; see the header)")
-elif not tiny:  # the GPU, and every r1jax module the steps import, before any step spends time
+else:  # every r1jax module the steps import, and the GPU, before any step spends time
+    import grain, ml_collections, tensorboardX  # noqa: F401, E401 - imported, not only found
+    import r1jax.grpo, r1jax.main, r1jax.rollout, r1jax.stages.rl  # noqa: F401, E401
     import jax
     info["jax_devices"] = [str(d) for d in jax.devices()]
-    import r1jax.grpo, r1jax.main, r1jax.rollout  # noqa: F401, E401
-    if jax.default_backend() != "gpu":
+    if not tiny and jax.default_backend() != "gpu":
         problems.append(f"no GPU for JAX: {info['jax_devices']}")
 if gguf_status == "bad_sha256" or ((explicit or not tiny) and gguf_status != "ok"):
     problems.append(f"SmolLM2 GGUF {gguf or '(none found)'}: {gguf_status}; set SMOLLM2_GGUF or SMOLLM2_GGUF_PARTS")
