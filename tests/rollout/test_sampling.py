@@ -46,8 +46,8 @@ def draw():
     return _draw
 
 
-# (1.0, 0.99, 0) needs all 8 tokens: the nucleus does not fit strictly inside the candidate slice, so it
-# takes the full-sort path; the other top-p settings take the candidate-slice path
+# (1.0, 0.99, 0) needs all 8 tokens (the nucleus is the whole vocabulary); top-k settings take the
+# lax.top_k path, the others the bisection threshold and the inverse-CDF draw
 SETTINGS = [(1.0, 0.99, 0),
     (1.0, 1.0, 0),
     (0.6, 1.0, 0),
