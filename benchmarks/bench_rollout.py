@@ -15,8 +15,8 @@ attention over the filled cache, the bandwidth a read-only reduction over 1 GiB 
 float32 matmul, both measured here on the same device (best of 5).
 
 --tail: a GRPO-like length distribution. With random weights the next token is near-uniform, so
-stopping on k = V * 3 / max_new token ids ends each row with probability ~3/max_new per step: lengths
-are geometric with mean ~max_new/3, about 5% of rows running to the cap. Reported: useful tokens
+stopping on k = V / mean token ids ends each row with probability ~1/mean per step: lengths are
+geometric (mean --tail-mean, default max_new/3: then about 5% of rows run to the cap). Reported: useful tokens
 (completions) / decoded tokens (rows x steps of the batch the decode loop ran at), wall time and
 useful tokens/s, for --compaction-levels (rollout.compaction_levels; 0 = decode all rows to the end).
 """
@@ -150,6 +150,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--tail", action="store_true", help="geometric completion lengths (see above)")
+    ap.add_argument("--tail-mean", type=float, default=None,
+                    help="mean completion length of --tail (default --new / 3): a budget far above it "
+                         "shows what decode pays for the unfilled cache")
     ap.add_argument("--compaction-levels", type=int, nargs="+", default=[2],
                     help="rollout.compaction_levels values to run (each a separate measurement)")
     ap.add_argument("--attention-block", type=int, default=None,
@@ -167,8 +170,8 @@ def main():
     peak = matmul_peak(256 if args.tiny else 2048)
     print(json.dumps(dict(devices=str(jax.devices()), model=args.model, bytes_per_s=bandwidth, flops_per_s=peak)))
     stop_ids = ()
-    if args.tail:  # k ids, ~3/new of the (near-uniform) next-token mass
-        k = max(1, round(cfg.vocab_size * 3 / args.new))
+    if args.tail:  # k ids: ~1/mean of the (near-uniform) next-token mass
+        k = max(1, round(cfg.vocab_size / (args.tail_mean or args.new / 3)))
         stop_ids = tuple(int(i) for i in np.random.default_rng(1).choice(np.arange(3, cfg.vocab_size), k, False))
     for batch in args.batch:
         for levels in args.compaction_levels:
