@@ -47,4 +47,29 @@ out = {
 }
 json.dump(out, open(f"{run}/summary.json", "w"), indent=1)
 print(json.dumps(out, indent=1))
+
+# One figure for the docs: the training rewards and the fraction of informative groups per step, and the
+# held-out strict pass@1 / boxed-format rate at the evaluations.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+fig = Figure(figsize=(9, 3.2), dpi=80)
+FigureCanvasAgg(fig)
+ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+x = [r["step"] for r in steps]
+for key, label in (("reward/format", "format (boxed) reward"), ("reward/accuracy", "accuracy reward")):
+    ax1.plot(x, [r.get(key, np.nan) for r in steps], label=label, lw=1)
+ax1.plot(x, [1.0 - r["rollout/zero_var_groups"] for r in steps], label="informative groups", lw=1, ls="--")
+ax1.set(title="training (4 prompts x G=8, T=0.7)", xlabel="RL step", ylim=(0, 1))
+ax1.legend(fontsize=7)
+ax1.grid(alpha=0.3)
+ex = [r["step"] for r in evals]
+ax2.plot(ex, out["pass@1"], marker="o", label="strict pass@1 (boxed and correct)")
+ax2.plot(ex, out["format"], marker="s", label="boxed-format rate")
+ax2.set(title="held-out, k=4 at T=0.6, top-p 0.95", xlabel="RL step", ylim=(0, 1))
+ax2.legend(fontsize=7)
+ax2.grid(alpha=0.3)
+fig.tight_layout()
+fig.savefig(f"{run}/plots/smollm2_cpu.png")
+print(f"{run}/plots/smollm2_cpu.png")
 EOF

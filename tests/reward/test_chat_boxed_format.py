@@ -75,3 +75,14 @@ def test_chatml_boxed_prompt_template():
     prompt = render_prompt("chatml_boxed", "Calculate 3 + 4.")
     assert prompt == render_prompt("chatml", f"Calculate 3 + 4. {BOXED_INSTRUCTION}")
     assert BOXED_INSTRUCTION == "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def test_chatml_boxed_1shot_prompt_template():
+    """One worked exchange, then the question as chatml_boxed renders it; graded as chat_boxed."""
+    assert REWARD_FORMAT["chatml_boxed_1shot"] == "chat_boxed"
+    prompt = render_prompt("chatml_boxed_1shot", "Calculate 3 + 4.")
+    demo, question = prompt.split("<|im_end|>\n<|im_start|>user\n", 1)
+    assert prompt.endswith(render_prompt("chatml_boxed", "Calculate 3 + 4."))
+    assert demo.count("<|im_start|>") == 2 and demo.endswith("The final answer is \\boxed{17}.")
+    assert format_reward(demo.rsplit("assistant\n", 1)[1], "chat_boxed").score == 1.0  # the demo is well formed
+    assert question.startswith("Calculate 3 + 4. " + BOXED_INSTRUCTION)
