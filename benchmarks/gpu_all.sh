@@ -102,9 +102,11 @@ with open(os.path.join(logs, "steps.tsv")) as f:
         name, code, seconds = line.rstrip("\n").split("\t")
         steps.append({"step": name, "rc": int(code), "seconds": int(seconds)})
 info = {}
-if os.path.exists(os.path.join(logs, "preflight.json")):
+try:
     with open(os.path.join(logs, "preflight.json")) as f:
         info = json.load(f)
+except (OSError, ValueError):  # the preflight died before it wrote
+    pass
 json.dump({"tiny": tiny, "rc": rc, **info, "steps": steps}, open(os.path.join(out, "run.json"), "w"), indent=1)
 EOF
   tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$LOGS"
