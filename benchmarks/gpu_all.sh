@@ -269,8 +269,8 @@ if [ "$TINY" = 1 ]; then
   # the benchmarks' programs in the user's persistent compilation cache (grpo_run keeps its own, fresh)
   export JAX_COMPILATION_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/r1jax/jax"
   export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
-  (step_model; step_rollout) & LANE_A=$!
-  (step_grpo_dense; step_grpo_run; step_grpo_moe) & LANE_B=$!
+  (step_model; step_rollout; step_grpo_moe) & LANE_A=$!
+  (step_grpo_dense; step_grpo_run) & LANE_B=$!
   wait "$LANE_A" || FAILED+=(lane_a)
   wait "$LANE_B" || FAILED+=(lane_b)
 else  # the GPU: one step at a time
