@@ -25,7 +25,8 @@ FIELD_DOCS = {
     "checkpoint.every": "save a checkpoint every this many steps (and at the last)",
     "checkpoint.keep": "checkpoints kept on disk (older ones are deleted)",
     "data.template": "prompt template: r1_zero (paper Table 1), r1 (readable |special_token| format), chatml, "
-                     "chatml_boxed (chatml asking for the answer in \\boxed{}; format reward checks it), deepseek_r1",
+                     "chatml_boxed (chatml asking for the answer in \\boxed{}; format reward checks it), "
+                     "chatml_boxed_1shot (the same after one worked exchange), deepseek_r1",
     "data.question_suffix": "text appended to every question (e.g. the boxed-answer instruction)",
     "data.prompts_per_step": "prompts per RL step (each gives grpo.group_size samples)",
     "report_name": "file name of the evaluation report ('' = the task's name)",
