@@ -103,6 +103,17 @@ def gap(logp_bl, r):
     return np.abs(np.asarray(logp_bl) - np.asarray(r.logp_policy_bl))[m]
 
 
+def replay_off_and_on(graphdef, state, r):
+    """The trainer's forward over rollout r without and with replaying its recorded routing:
+    (aux_off, aux_on, disagreement_off, disagreement_on, |logp gap| off, |logp gap| on)."""
+    valid = jnp.asarray(valid_mask(r))
+    logp_off, aux_off = trainer_pass(graphdef, state, r)
+    logp_on, aux_on = trainer_pass(graphdef, state, r, r.routing_btlk)
+    off = router_disagreement(aux_off.routing_btlk, jnp.asarray(r.routing_btlk), valid)
+    on = router_disagreement(aux_on.routing_btlk, jnp.asarray(r.routing_btlk), valid)
+    return aux_off, aux_on, off, on, gap(logp_off, r), gap(logp_on, r)
+
+
 def test_recorded_routing_equals_full_forward(model, rollout, free_forward):
     r = rollout
     rows, length = r.tokens_bl.shape
@@ -191,12 +202,7 @@ def test_replay_reproduces_sampler_routing_and_shrinks_the_gap_bf16(model):
     bf16_state = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, state)
     r = jax.device_get(Sampler(bf16_graphdef, pad_id=PAD).generate(
         bf16_state, PROMPTS, LENS, params(), jax.random.key(3), record_routing=True))
-    valid = jnp.asarray(valid_mask(r))
-    logp_off, aux_off = trainer_pass(graphdef, state, r)
-    logp_on, aux_on = trainer_pass(graphdef, state, r, r.routing_btlk)
-    off = router_disagreement(aux_off.routing_btlk, jnp.asarray(r.routing_btlk), valid)
-    on = router_disagreement(aux_on.routing_btlk, jnp.asarray(r.routing_btlk), valid)
-    gap_off, gap_on = gap(logp_off, r), gap(logp_on, r)
+    aux_off, aux_on, off, on, gap_off, gap_on = replay_off_and_on(graphdef, state, r)
     print(f"\nbf16 sampler / fp32 trainer, {gap_off.size} tokens: router disagreement off "
           f"{float(off['set_frac']):.3f} (slots {float(off['slot_frac']):.3f}), on {float(on['set_frac']):.3f}; "
           f"|logp gap| off mean {gap_off.mean():.2e} max {gap_off.max():.2e}, "
@@ -230,12 +236,7 @@ def test_router_perturbed_between_sampling_and_training(model, what):
     sampler_state = nnx.from_flat_state([(p, perturb(p, v)) for p, v in nnx.to_flat_state(state)])
     r = jax.device_get(Sampler(graphdef, pad_id=PAD).generate(sampler_state, PROMPTS, LENS, params(),
                                                               jax.random.key(5), record_routing=True))
-    valid = jnp.asarray(valid_mask(r))
-    logp_off, aux_off = trainer_pass(graphdef, state, r)
-    logp_on, aux_on = trainer_pass(graphdef, state, r, r.routing_btlk)
-    off = router_disagreement(aux_off.routing_btlk, jnp.asarray(r.routing_btlk), valid)
-    on = router_disagreement(aux_on.routing_btlk, jnp.asarray(r.routing_btlk), valid)
-    gap_off, gap_on = gap(logp_off, r), gap(logp_on, r)
+    aux_off, aux_on, off, on, gap_off, gap_on = replay_off_and_on(graphdef, state, r)
     print(f"\n{what} perturbed: disagreement off {float(off['set_frac']):.3f}, on {float(on['set_frac']):.3f}; "
           f"|logp gap| off mean {gap_off.mean():.2e} max {gap_off.max():.2e}, "
           f"on mean {gap_on.mean():.2e} max {gap_on.max():.2e}")
