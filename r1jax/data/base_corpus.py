@@ -14,15 +14,21 @@ module writes such a corpus, so the tiny run has a base model whose gains under 
   format;
 - a share of simple instruction-following dialogues (repeat, reverse, sort, count, next number);
 - a share of arithmetic drill lines ("7 + 8 = 15. 23 - 4 = 19. ..."), always correct, like the
-  tables of a textbook: the base model can compute, but copies the slips of worked solutions.
+  tables of a textbook: the base model can compute, but copies the slips of worked solutions;
+- optionally (`narrated`), worked solutions written with connective words ("First, we compute 4 * 8 =
+  32. Then we compute 2 + 32 = 34. So we get 34."), so the language-consistency reward (paper
+  §2.3.2, `textrewards.language_share`) has words to count, and a share `language_mix_rate` of them
+  switching to a second language part-way, the way R1-Zero's chains of thought mixed languages
+  (`narrate`).
 
-Everything is a pure function of the seed.
+Everything is a pure function of the seed. With the defaults (narrated=False) the corpus is the one
+the published tiny R1-Zero run was pretrained on, byte for byte (tests/test_base_corpus.py pins it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -41,14 +47,26 @@ class CorpusConfig:
     instruction_rate: float = 0.15  # share of instruction-following dialogues
     drill_rate: float = 0.25  # share of arithmetic drill documents (correct facts, no questions)
     r1_zero_prompt_rate: float = 0.6  # arithmetic documents that use the R1-Zero prompt
+    narrated: bool = False  # worked solutions with English connective words ("First, we compute ...")
+    language_mix_rate: float = 0.0  # narrated solutions switching to mix_language part-way (needs narrated)
+    mix_language: str = "zh"  # the second language of mixed solutions: zh or ru
 
     def __post_init__(self):
-        for name in ("template_rate", "error_rate", "instruction_rate", "drill_rate", "r1_zero_prompt_rate"):
+        for name in ("template_rate", "error_rate", "instruction_rate", "drill_rate", "r1_zero_prompt_rate",
+                     "language_mix_rate"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"CorpusConfig.{name} must be in [0, 1], got {v}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"CorpusConfig.{name} must be in [0, 1], got {v!r}")
         if self.task != "arithmetic":
             raise ValueError(f"CorpusConfig.task: only 'arithmetic' has worked solutions, got {self.task!r}")
+        if not isinstance(self.narrated, bool):
+            raise ValueError(f"CorpusConfig.narrated must be True or False, got {self.narrated!r}")
+        if self.language_mix_rate and not self.narrated:
+            raise ValueError(f"CorpusConfig.language_mix_rate={self.language_mix_rate} needs narrated=True (only a "
+                             "narrated solution has words whose language can switch)")
+        if self.mix_language not in NARRATION_LANGUAGES or self.mix_language == "en":
+            raise ValueError(f"CorpusConfig.mix_language={self.mix_language!r}; choose one of "
+                             f"{[lang for lang in NARRATION_LANGUAGES if lang != 'en']}")
 
 
 def worked_solution(expression: str, slip_at: int = -1, slip: int = 0) -> tuple[str, int]:
@@ -56,6 +74,12 @@ def worked_solution(expression: str, slip_at: int = -1, slip: int = 0) -> tuple[
 
     Step `slip_at` is off by `slip`, and the wrong value is carried into the following steps, as a
     person's slip would be."""
+    steps, value = worked_steps(expression, slip_at, slip)
+    return " ".join(steps), value
+
+
+def worked_steps(expression: str, slip_at: int = -1, slip: int = 0) -> tuple[list[str], int]:
+    """`worked_solution` one step at a time: '2 + 4 * 8' -> (['4 * 8 = 32.', '2 + 32 = 34.'], 34)."""
     terms = expression.split()
     lines: list[str] = []
 
@@ -76,14 +100,81 @@ def worked_solution(expression: str, slip_at: int = -1, slip: int = 0) -> tuple[
     acc = values[0]
     for op, v in zip(ops, values[1:]):
         acc = step(acc, op, v)
-    return " ".join(lines), acc
+    return lines, acc
 
 
-def _solve(rng: np.random.Generator, expression: str, error_rate: float) -> tuple[str, int]:
+# Connective phrases of a narrated solution, per language: one opens the first step, one each later
+# step, one closes with the result. A few words each, so the language reward has something to count.
+_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {
+        "first": ("First, we compute", "To start, we work out", "We begin with", "First of all, we find"),
+        "next": ("Then we compute", "Next, we work out", "After that, we find", "Now we take"),
+        "last": ("So we get {result}.", "So the result is {result}.", "That gives us {result}.",
+                 "In the end we have {result}."),
+    },
+    "zh": {
+        "first": ("首先，我们计算", "第一步，先算", "我们先算"),
+        "next": ("然后计算", "接着算", "再算"),
+        "last": ("所以我们得到 {result}。", "所以结果是 {result}。", "最后得到 {result}。"),
+    },
+    "ru": {
+        "first": ("Сначала вычислим", "Для начала считаем", "Первым делом находим"),
+        "next": ("Затем считаем", "Дальше вычислим", "Потом находим"),
+        "last": ("Итак, получаем {result}.", "Значит, результат {result}.", "В итоге имеем {result}."),
+    },
+}
+NARRATION_LANGUAGES = tuple(_PHRASES)  # languages `narrate` writes (codes of textrewards.language_share)
+
+
+def narrate(steps: Sequence[str], result: int | str, *, language: str = "en", mix_language: str = "zh",
+            switch_at: int | None = None, rng: np.random.Generator | None = None) -> str:
+    """A readable worked solution: connective words around the steps of `worked_steps`.
+
+        narrate(["4 * 8 = 32.", "2 + 32 = 34."], 34)
+        -> "First, we compute 4 * 8 = 32. Then we compute 2 + 32 = 34. So we get 34."
+        narrate(["4 * 8 = 32.", "2 + 32 = 34."], 34, switch_at=1)
+        -> "First, we compute 4 * 8 = 32. 然后计算 2 + 32 = 34. 所以我们得到 34。"
+
+    The sentences are numbered 0 .. len(steps) (the last one states `result`); those before
+    `switch_at` are in `language`, those from `switch_at` on in `mix_language` (switch_at=None: no
+    switch; 0: all in mix_language). `rng` picks each phrase among a few variants (it draws
+    len(steps) + 1 uniforms, whatever the languages); None: the first variant of each. Only the
+    connective words are in a language: numbers and operators are not words for the language reward.
+    """
+    for name, lang in (("language", language), ("mix_language", mix_language)):
+        if lang not in _PHRASES:
+            raise ValueError(f"narrate: {name}={lang!r}; choose one of {NARRATION_LANGUAGES}")
+    if not steps:
+        raise ValueError("narrate: no steps")
+    n = len(steps)
+    if switch_at is not None and not 0 <= switch_at <= n:
+        raise ValueError(f"narrate: switch_at={switch_at} must be in [0, {n}] (sentence {n} states the result)")
+    picks = rng.random(n + 1) if rng is not None else np.zeros(n + 1)
+
+    def phrase(k: int, kind: str) -> str:
+        variants = _PHRASES[mix_language if switch_at is not None and k >= switch_at else language][kind]
+        return variants[int(picks[k] * len(variants))]
+
+    sentences = [f"{phrase(k, 'first' if k == 0 else 'next')} {step}" for k, step in enumerate(steps)]
+    sentences.append(phrase(n, "last").format(result=result))
+    return " ".join(sentences)
+
+
+def _solve(rng: np.random.Generator, expression: str, cfg: CorpusConfig) -> tuple[str, int]:
     n_steps = (len(expression.split()) - 1) // 2
-    if rng.random() < error_rate:
-        return worked_solution(expression, int(rng.integers(n_steps)), int(rng.choice([-10, -2, -1, 1, 2, 10])))
-    return worked_solution(expression)
+    if rng.random() < cfg.error_rate:
+        steps, answer = worked_steps(expression, int(rng.integers(n_steps)),
+                                     int(rng.choice([-10, -2, -1, 1, 2, 10])))
+    else:
+        steps, answer = worked_steps(expression)
+    if not cfg.narrated:  # the corpus of the published tiny run: no further draws from rng
+        return " ".join(steps), answer
+    # Both draws are made whether or not the solution switches, so a corpus with language_mix_rate > 0 is
+    # the one without, except for the solutions that switch.
+    mixed = rng.random() < cfg.language_mix_rate
+    switch_at = int(rng.integers(1, n_steps + 1))  # part-way: the first sentence stays in English
+    return narrate(steps, answer, mix_language=cfg.mix_language, switch_at=switch_at if mixed else None,
+                   rng=rng), answer
 
 
 _WORDS = ("apple", "river", "green", "stone", "cloud", "music", "tiger", "paper", "light", "sugar",
@@ -111,7 +202,7 @@ def _instruction(rng: np.random.Generator) -> tuple[str, str]:
 
 def _arithmetic_doc(rng: np.random.Generator, example: dict, cfg: CorpusConfig) -> str:
     question = example["question"]
-    reasoning, answer = _solve(rng, example["meta"]["expression"], cfg.error_rate)
+    reasoning, answer = _solve(rng, example["meta"]["expression"], cfg)
     if rng.random() < cfg.r1_zero_prompt_rate:
         prompt = templates.render_prompt("r1_zero", question)
         style = rng.random()

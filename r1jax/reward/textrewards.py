@@ -13,6 +13,7 @@ Format (paper Table 1 and section 2.3.1), 1.0 when the layout is exactly:
 from __future__ import annotations
 
 import re
+import unicodedata
 from fractions import Fraction
 
 from r1jax.reward.mathcheck import boxed_contents, split_completion
@@ -38,6 +39,58 @@ _SCRIPTS = {
     "ko": r"[\uAC00-\uD7AF]+",
 }
 _SCRIPTS.update({lang: _SCRIPTS["en"] for lang in ("fr", "de", "es", "it", "pt", "latin")})
+
+
+def _letters(*blocks: tuple[int, int], joiners: bool = False) -> str:
+    """A word of a script: a run of the letters and combining marks (Unicode L*, M*) of its blocks, so its
+    digits and punctuation (Devanagari danda, Arabic comma, Ethiopic wordspace) are not words. With
+    `joiners`, ZWNJ/ZWJ inside a word (Persian, Indic scripts) do not split it."""
+    cps = [cp for lo, hi in blocks for cp in range(lo, hi + 1) if unicodedata.category(chr(cp))[0] in "LM"]
+    ranges: list[list[int]] = []
+    for cp in cps:
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    cls = "[" + "".join(f"\\u{a:04X}" if a == b else f"\\u{a:04X}-\\u{b:04X}" for a, b in ranges) + "]"
+    return f"{cls}+(?:[\\u200C\\u200D]{cls}+)*" if joiners else f"{cls}+"
+
+
+# The scripts of the multilingual GSM problems (data.task="mgsm_symbolic", r1jax.data.readers). Thai, Khmer
+# and Myanmar are not space-separated: a run of their letters (a phrase) counts as one word.
+_SCRIPTS.update({
+    "el": _letters((0x0370, 0x03FF), (0x1F00, 0x1FFF)),  # Greek
+    "ar": _letters((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF),
+                   joiners=True),  # Arabic script (also Persian, Urdu, Pashto, Sindhi, Uyghur, Shahmukhi)
+    "hi": _letters((0x0900, 0x097F), (0xA8E0, 0xA8FF), joiners=True),  # Devanagari
+    "bn": _letters((0x0980, 0x09FF), joiners=True),  # Bengali-Assamese
+    "pa": _letters((0x0A00, 0x0A7F), joiners=True),  # Gurmukhi
+    "gu": _letters((0x0A80, 0x0AFF), joiners=True),  # Gujarati
+    "or": _letters((0x0B00, 0x0B7F), joiners=True),  # Odia
+    "ta": _letters((0x0B80, 0x0BFF), joiners=True),  # Tamil
+    "te": _letters((0x0C00, 0x0C7F), joiners=True),  # Telugu
+    "kn": _letters((0x0C80, 0x0CFF), joiners=True),  # Kannada
+    "ml": _letters((0x0D00, 0x0D7F), joiners=True),  # Malayalam
+    "si": _letters((0x0D80, 0x0DFF), joiners=True),  # Sinhala
+    "th": _letters((0x0E00, 0x0E7F)),  # Thai
+    "km": _letters((0x1780, 0x17FF), (0x19E0, 0x19FF)),  # Khmer
+    "my": _letters((0x1000, 0x109F), (0xAA60, 0xAA7F)),  # Myanmar
+    "am": _letters((0x1200, 0x139F), (0x2D80, 0x2DDF)),  # Ethiopic
+})
+# Further languages written in one of the scripts above (codes: ISO 639-1, else 639-3).
+_SAME_SCRIPT = {
+    "en": ("af", "az", "bm", "bar", "bs", "ca", "ceb", "cs", "da", "dyu", "et", "fi", "fo", "fuv", "om", "ga",
+           "ht", "ha", "hr", "hu", "ig", "id", "is", "jv", "rw", "kmr", "ktu", "lv", "ln", "lt", "lg", "mt", "mos",
+           "nl", "nn", "nb", "nso", "ny", "pcm", "pl", "ro", "rn", "sk", "sl", "sn", "so", "su", "sv", "sw", "tl",
+           "tn", "tr", "uz", "vi", "wo", "xh", "yo", "ms", "zu"),  # Latin
+    "ru": ("be", "bg", "kk", "uk"),  # Cyrillic
+    "zh": ("yue",),  # Han
+    "ar": ("arz", "fa", "ur", "ps", "pnb", "skr", "sd", "ug"),
+    "hi": ("mr", "ne", "mai", "mag", "bho", "hne", "sck", "vjk"),  # Devanagari
+    "bn": ("as", "ctg"),
+}
+for _script_of, _langs in _SAME_SCRIPT.items():
+    _SCRIPTS.update({lang: _SCRIPTS[_script_of] for lang in _langs})
 _ANY_WORD = re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(_SCRIPTS.values())))
 
 
