@@ -33,12 +33,19 @@ def _base() -> ConfigDict:
         grpo=config_fields(GRPOConfig),
         rl=dict(steps=200, dynamic_sampling=False, dynamic_sampling_rounds=3, ref_refresh_every=0,
                 samples_every=10, max_staleness=0, sampler_devices=0, routing_replay=False),
+        # R1's RL for all scenarios (configs/r1.py): extra prompt sources mixed with data's, each with its
+        # share and reward routing, and the reward models they use (empty: R1-Zero, data alone)
+        sources=ConfigDict(),
+        reward_models=ConfigDict(),
         # The tiny base model's pretraining (only with policy.source == "pretrain"; r1jax/stages/pretrain.py)
         pretrain=dict(
             n_docs=24000, tokenizer_vocab=512, seq_len=256, batch_size=16, steps=1500, learning_rate=3e-3,
             warmup_steps=100, weight_decay=0.01,
             template_rate=0.3,  # R1-Zero-prompt documents answering in the full <think>/<answer> format
             error_rate=0.35,  # worked problems whose arithmetic contains a slip
+            # R1's language mixing in miniature (configs/r1.py): chains of thought with words between the
+            # steps, a share of them switching to mix_language part-way (off here: the R1-Zero corpus)
+            narrated=False, language_mix_rate=0.0, mix_language="zh",
         ),
     )
     c.name = "r1_zero"

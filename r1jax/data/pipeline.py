@@ -83,9 +83,11 @@ def make_prompt_dataset(
     cfg: PromptPipelineConfig,
     process_index: int | None = None,
     process_count: int | None = None,
+    batched: bool = True,
 ) -> tuple[grain.MapDataset, PromptStats]:
     """Per-process dataset of PromptBatch. Processes see disjoint shards that together cover the
-    (kept) prompts; pass process_index/count explicitly to simulate hosts, default jax's."""
+    (kept) prompts; pass process_index/count explicitly to simulate hosts, default jax's.
+    batched=False: the (tokens, example) items before batching (to mix sources)."""
     if process_index is None or process_count is None:
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
@@ -126,12 +128,43 @@ def make_prompt_dataset(
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
     ds = ds.map(lambda i: (tokens[i], kept[i]))
-    pad_id = tokenizer.pad_id
-    ds = ds.batch(
+    if not batched:
+        return ds, stats
+    return _batch_prompts(ds, tokenizer.pad_id, cfg), stats
+
+
+def _batch_prompts(ds: grain.MapDataset, pad_id: int, cfg: PromptPipelineConfig) -> grain.MapDataset:
+    return ds.batch(
         cfg.batch_size, drop_remainder=cfg.drop_remainder,
         batch_fn=lambda items: collate_prompts(items, pad_id, cfg.max_prompt_len, cfg.buckets),
     )
-    return ds, stats
+
+
+def make_mixed_prompt_dataset(
+    sources: Sequence[tuple[Sequence[dict], float]],
+    tokenizer: Tokenizer,
+    cfg: PromptPipelineConfig,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[grain.MapDataset, list[PromptStats]]:
+    """PromptBatches drawing from several prompt sources in proportion to their shares (R1 §2.3.4: RL
+    for all scenarios mixes reasoning and general prompts). Each source is shuffled and repeated on
+    its own (seed + its index), then grain interleaves them deterministically by share, so a batch of
+    B prompts holds about share * B of each; the iterator state is one index, checkpointed as for one
+    source. One source with share 1 is exactly `make_prompt_dataset` (num_epochs must be None)."""
+    if cfg.num_epochs is not None:
+        raise ValueError("make_mixed_prompt_dataset: sources repeat forever (num_epochs=None)")
+    if len(sources) == 1:
+        ds, stats = make_prompt_dataset(sources[0][0], tokenizer, cfg, process_index, process_count)
+        return ds, [stats]
+    shares = [float(s) for _, s in sources]
+    if any(not s > 0 for s in shares):
+        raise ValueError(f"make_mixed_prompt_dataset: every source needs a share > 0, got {shares}")
+    parts = [make_prompt_dataset(examples, tokenizer, dataclasses.replace(cfg, seed=cfg.seed + i),
+                                 process_index, process_count, batched=False)
+             for i, (examples, _) in enumerate(sources)]
+    mixed = grain.MapDataset.mix([ds for ds, _ in parts], weights=shares)
+    return _batch_prompts(mixed, tokenizer.pad_id, cfg), [stats for _, stats in parts]
 
 
 def encode_prompt(tokenizer: Tokenizer, template: str, example: dict, add_bos: bool) -> list[int]:

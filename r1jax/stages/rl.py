@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import console
-from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
+from r1jax.data.pipeline import PromptPipelineConfig, make_mixed_prompt_dataset
 from r1jax.data.sources import TaskSpec, load_splits
 from r1jax.grpo import (
     GRPOConfig,
@@ -39,12 +39,12 @@ from r1jax.model.transformer import main_moe_layers
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.rollout.types import FINISH_LENGTH
 from r1jax.trainer import config as C
-from r1jax.trainer.evaluation import EvalSpec, Evaluator
+from r1jax.trainer.evaluation import EvalSpec, Evaluator, ScoreEvaluator
 from r1jax.trainer.generation import Generator, RolloutSpec
 from r1jax.trainer.logprobs import make_logprob_fn
 from r1jax.trainer.optimizer import OptimConfig, make_optimizer
 from r1jax.trainer.policy import load_policy
-from r1jax.trainer.rewards import Scorer
+from r1jax.trainer.rewards import MixedScorer, Scorer
 from r1jax.trainer.session import Session
 from r1jax.trainer.state import copy_tree, shard_batch
 from r1jax.trainer.step import StepConfig, check_finite, step_key
@@ -60,6 +60,10 @@ FIELD_DOCS = {
                         "step t trains; 0 = synchronous",
     "rl.sampler_devices": "devices set aside for the sampler (the last ones); 0 = the sampler shares the trainer's",
     "rl.routing_replay": "MoE: the training forward replays the experts the sampler routed each token through (R3)",
+    "sources": "extra prompt sources mixed with data's (R1 RL for all scenarios): name -> a problem set (data's "
+               "fields), share (of each step's prompts; data keeps the rest), rule_weights (reward server) "
+               "and model_weights (reward models)",
+    "reward_models": "name -> workdir of an `r1jax rm` run; scored on the mesh in this job, weighted per source",
 }
 
 
@@ -70,6 +74,10 @@ class RLSpec:
     model: C.ModelSpec
     policy: C.PolicySpec
     task: TaskSpec
+    sources: tuple[C.SourceSpec, ...]
+    """The data section's source (first; `task`, rewarded by reward.weights) and the extra ones."""
+    reward_models: tuple[tuple[str, str], ...]
+    """name -> rm workdir, loaded onto the trainer's mesh when a source weights it."""
     template: str
     question_suffix: str
     prompts_per_step: int
@@ -103,7 +111,8 @@ def build(c, n_devices: int | None = None) -> RLSpec:
               f"must be >= 2 (GRPO normalises rewards within a group), got {grpo.group_size}")
     spec = RLSpec(
         seed=int(c.seed), mesh=C.mesh_config(c), model=C.model_spec(c), policy=C.policy_spec(c),
-        task=C.task_spec(c, int(c.seed)), template=C.template(c), question_suffix=c.data.question_suffix,
+        task=C.task_spec(c, int(c.seed)), sources=C.source_specs(c, int(c.seed)),
+        reward_models=C.reward_model_paths(c), template=C.template(c), question_suffix=c.data.question_suffix,
         prompts_per_step=c.data.prompts_per_step,
         rollout=C.rollout_spec(c),
         reward=C.reward_spec(c), grpo=grpo, step=C.step_config(c),
@@ -187,24 +196,41 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
     n_inflight = min(S, spec.steps - session.start_step) if session.start_step else 0
     state, extras, data_state = session.resume(state, {"ref": ref, "inflight": [like_of(state)] * n_inflight or None})
     ref = extras["ref"]
-    train_examples, eval_examples, _ = load_splits(spec.task)
+    splits = {source.name: load_splits(source.task)[:2] for source in spec.sources}
+    if spec.question_suffix:  # e.g. the R1 paper's "put your final answer within \\boxed{}" (data's source only)
+        splits[spec.sources[0].name] = tuple([{**e, "question": f"{e['question']} {spec.question_suffix}"}
+                                              for e in examples] for examples in splits[spec.sources[0].name])
+    # every example knows its source: its rewards are routed by it
+    splits = {name: tuple([{**e, "source": name} for e in examples] for examples in pair)
+              for name, pair in splits.items()}
+    (train_examples, eval_examples), mixed = splits[spec.sources[0].name], len(spec.sources) > 1
     console.say("task", f"{spec.task.task}: {len(train_examples):,} training problems, {len(eval_examples)} held out "
                         f"(none in training), template {spec.template}, {spec.prompts_per_step} prompts × G={G} "
-                        f"per step")
-    if spec.question_suffix:  # e.g. the R1 paper's "put your final answer within \boxed{}"
-        train_examples, eval_examples = ([{**e, "question": f"{e['question']} {spec.question_suffix}"}
-                                          for e in examples] for examples in (train_examples, eval_examples))
+                        f"per step" + "".join(f"; source {s.name} ({s.task.task}, share {s.share:.2f}): "
+                                              f"{len(splits[s.name][0]):,} prompts" for s in spec.sources[1:]))
 
     # ── ① prompts, ② rollout, ③ scoring, evaluation, ⑤ update: built once ───────────────────────
-    prompts = iter(make_prompt_dataset(train_examples, policy.tokenizer, PromptPipelineConfig(
-        batch_size=spec.prompts_per_step, max_prompt_len=spec.rollout.max_prompt_len, template=spec.template,
-        seed=spec.seed))[0])
+    prompts = iter(make_mixed_prompt_dataset(
+        [(splits[s.name][0], s.share) for s in spec.sources], policy.tokenizer, PromptPipelineConfig(
+            batch_size=spec.prompts_per_step, max_prompt_len=spec.rollout.max_prompt_len, template=spec.template,
+            seed=spec.seed))[0])
     if data_state:
         prompts.set_state(data_state["prompts"])
     generate = Generator(policy.graphdef, sampler_mesh, policy.tokenizer, spec.rollout, policy.model_cfg)
     train_sampling = generate.sampling(n=G)
     score = Scorer(client, spec.template, dict(spec.reward.weights))
     evaluate = Evaluator(generate, score, eval_examples, spec.template, spec.eval, spec.seed)
+    evaluate_sources = []
+    if mixed or spec.sources[0].model_weights:  # reward models on this mesh, rows routed by source
+        from r1jax.trainer.reward_model import RewardModel
+
+        wanted = {m for s in spec.sources for m, _ in s.model_weights}
+        models = {name: RewardModel.load(path, mesh) for name, path in spec.reward_models if name in wanted}
+        for name in sorted(models):
+            console.say("reward model", f"{name}: {dict(spec.reward_models)[name]}, on the trainer's mesh")
+        score = MixedScorer(client, spec.template, spec.sources, models)
+        evaluate_sources = [ScoreEvaluator(generate, score, splits[s.name][1], spec.template, spec.eval, spec.seed,
+                                           prefix=f"eval/{s.name}/") for s in spec.sources[1:]]
     update = make_update_step(policy.graphdef, spec.grpo, optimizer, mesh, session.shardings, spec.step)
     moe = main_moe_layers(policy.model_cfg) > 0  # the sampler records its routing: disagreement, replay
     if spec.routing_replay and not moe:
@@ -239,7 +265,10 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
     def run_eval(step: int) -> dict:
         result = evaluate(state.params, state.model_state, step)
         session.log_samples(step, [{"eval": True, **s} for s in result.samples])
-        return result.scalars()
+        scalars = result.scalars()
+        for evaluate_source in evaluate_sources:  # general prompts: mean reward-model scores of k samples
+            scalars.update(evaluate_source(state.params, state.model_state, step))
+        return scalars
 
     if session.start_step == 0:
         session.log(0, run_eval(0))
@@ -313,7 +342,8 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
         lengths = np.asarray(rollout.completion_lens_b)
         scalars = {
             "reward/total": float(np.mean(rewards.rewards)),
-            **{f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()},
+            **({f"reward/{k}": float(np.mean(v)) for k, v in rewards.components.items()} if not mixed else
+               per_source_means(spec.sources, examples, rewards)),
             "reward/invalid_frac": float(1.0 - np.mean(rewards.valid)),
             **({"reward/overlong_penalty": float(penalty_b.mean())} if spec.grpo.overlong_buffer else {}),
             "rollout/length_mean": float(lengths.mean()),
@@ -358,3 +388,20 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
 def like_of(state) -> dict:
     """The policy part of a train state: what samples, and what π_old and π_ref are made of."""
     return {"params": state.params, "model_state": state.model_state}
+
+
+def per_source_means(sources, examples: list[dict], rewards) -> dict:
+    """reward/<source>/<component> (and /total, /share): each source's own components, each a mean
+    over that source's rows only."""
+    source_b = np.asarray([ex["source"] for ex in examples])
+    out = {}
+    for source in sources:
+        rows = source_b == source.name
+        if not rows.any():
+            continue
+        out[f"reward/{source.name}/total"] = float(np.mean(rewards.rewards[rows]))
+        out[f"reward/{source.name}/share"] = float(np.mean(rows))
+        names = [n for n, _ in source.rule_weights] + [f"rm_{m}" for m, _ in source.model_weights]
+        out.update({f"reward/{source.name}/{n}": float(np.mean(np.asarray(rewards.components[n])[rows]))
+                    for n in names if n in rewards.components})
+    return out

@@ -23,6 +23,7 @@ from r1jax.trainer.compilation import CompileSpec
 from r1jax.trainer.evaluation import EvalSpec
 from r1jax.trainer.generation import RolloutSpec
 from r1jax.trainer.optimizer import OptimConfig
+from r1jax.trainer.rewards import PRIMARY_SOURCE
 from r1jax.trainer.step import StepConfig
 
 
@@ -208,6 +209,71 @@ def reward_spec(c: ConfigDict) -> RewardSpec:
     require(spec.workers >= 1, "reward.workers", f"must be >= 1, got {spec.workers}")
     require(spec.timeout_s > 0, "reward.timeout_s", f"must be > 0, got {spec.timeout_s}")
     return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One prompt source of an RL run and how its completions are rewarded (R1 §2.3.4: reasoning
+    prompts by rules, general prompts by reward models)."""
+
+    name: str
+    task: TaskSpec
+    share: float
+    """Its share of every step's prompts."""
+    rule_weights: tuple[tuple[str, float], ...]
+    """Reward-server components (accuracy, format, language, plugins) and their weights."""
+    model_weights: tuple[tuple[str, float], ...] = ()
+    """Reward models (names of the `reward_models` section) and their weights; scored on the mesh."""
+
+
+def _weights(d, field: str, allow_empty: bool) -> tuple[tuple[str, float], ...]:
+    d = dict(d or {})
+    require(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in d.values()), field,
+            f"weights must be non-negative numbers, got {d}")
+    require(allow_empty or any(w > 0 for w in d.values()), field, f"needs at least one positive weight, got {d}")
+    return tuple(sorted((k, float(w)) for k, w in d.items()))  # a weight of 0 is still scored and reported
+
+
+def source_specs(c: ConfigDict, seed: int) -> tuple[SourceSpec, ...]:
+    """The `data` source (rewarded by `reward.weights`) and the `sources` section's extra ones, each a
+    problem set (the `data` fields) with a share of the prompts and its reward routing; the data
+    source gets what the others leave."""
+    extra = []
+    for name in sorted(c.get("sources", {}) or {}):
+        field = f"sources.{name}"
+        d = section(c.sources, name)
+        share = d.pop("share", None)
+        rules, models = d.pop("rule_weights", {}), d.pop("model_weights", {})
+        require(isinstance(share, (int, float)) and 0 < share < 1, f"{field}.share",
+                f"must be in (0, 1) (the data source keeps the rest), got {share!r}")
+        allowed = set(task_section(prompts=False))
+        unknown = sorted(set(d) - allowed)
+        require(not unknown, f"{field}.{unknown[0] if unknown else ''}",
+                f"unknown field; a source has {sorted(allowed | {'share', 'rule_weights', 'model_weights'})}")
+        known = set(section(c, "reward_models")) if "reward_models" in c else set()
+        for m in models:
+            require(m in known, f"{field}.model_weights.{m}",
+                    f"no reward model {m!r} in config.reward_models (has {sorted(known)})")
+        task = task_spec(ConfigDict({name: {**task_section(prompts=False), **d}}), seed, name)
+        spec = SourceSpec(name, dataclasses.replace(task, seed=seed + 1 + len(extra)), float(share),
+                          _weights(rules, f"{field}.rule_weights", True),
+                          _weights(models, f"{field}.model_weights", True))
+        require(any(w > 0 for _, w in spec.rule_weights + spec.model_weights), f"{field}.rule_weights",
+                "the source has no reward: give a rule or a reward model a positive weight")
+        extra.append(spec)
+    rest = 1.0 - sum(s.share for s in extra)
+    require(rest > 0, "sources", f"the shares of the extra sources add up to {1 - rest:.3f}; the data source "
+                                 "needs a share > 0")
+    primary = SourceSpec(PRIMARY_SOURCE, task_spec(c, seed), rest, _weights(c.reward.weights, "reward.weights", False))
+    return (primary, *extra)
+
+
+def reward_model_paths(c: ConfigDict) -> tuple[tuple[str, str], ...]:
+    """The `reward_models` section: name -> workdir of an `r1jax rm` run."""
+    paths = section(c, "reward_models") if "reward_models" in c else {}
+    for name, path in paths.items():
+        require(isinstance(path, str) and bool(path), f"reward_models.{name}", f"needs an rm workdir, got {path!r}")
+    return tuple(sorted(paths.items()))
 
 
 def template(c: ConfigDict, section_name: str = "data") -> str:

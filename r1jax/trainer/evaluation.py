@@ -69,3 +69,33 @@ class Evaluator:
         console.say(f"eval @{step}", f"pass@1 {result.pass_at_1:.3f}  cons@{result.k} {result.cons_at_k:.3f}  "
                                      f"format {result.format_rate:.2f}  ({result.n_problems} problems × k={result.k})")
         return result
+
+
+class ScoreEvaluator(Evaluator):
+    """Held-out prompts graded by their rewards alone, with no answer to check (R1 §2.3.4's general
+    prompts, scored by reward models): k samples per prompt at the evaluation's settings, then the mean
+    reward, the mean of every reward component and the completion length, as `<prefix><name>`."""
+
+    def __init__(self, generator: Generator, scorer, examples: list[dict], template: str, spec: EvalSpec,
+                 seed: int, prefix: str):
+        super().__init__(generator, scorer, examples, template, spec, seed)
+        self.prefix = prefix
+
+    def __call__(self, params, model_state, step: int) -> dict:
+        import numpy as np
+
+        key = jax.random.fold_in(jax.random.key(self.seed + 2), step)
+        rewards, lengths, components = [], [], {}
+        for i, batch in enumerate(self.batches):
+            rollout = self.generator(params, model_state, batch, self.sampling, jax.random.fold_in(key, i))
+            examples = [ex for ex in batch.examples for _ in range(self.spec.k)]
+            scored = self.scorer(examples, list(rollout.texts))
+            rewards.append(np.asarray(scored.rewards, np.float64))
+            lengths.append(np.asarray(rollout.completion_lens_b, np.float64).reshape(-1))
+            for name, values in scored.components.items():
+                components.setdefault(name, []).append(np.asarray(values, np.float64))
+        out = {"reward": float(np.mean(np.concatenate(rewards))),
+               **{name: float(np.mean(np.concatenate(v))) for name, v in sorted(components.items())},
+               "length_mean": float(np.mean(np.concatenate(lengths)))}
+        console.say(f"eval @{step}", f"{self.prefix}: " + "  ".join(f"{k} {v:.3f}" for k, v in out.items()))
+        return {f"{self.prefix}{k}": v for k, v in out.items()}

@@ -9,6 +9,8 @@ from r1jax import console
 from r1jax.data.templates import REWARD_FORMAT
 from r1jax.reward import RewardBatch, RewardClient, start_local_server
 
+PRIMARY_SOURCE = "data"  # the source of the `data` config section, rewarded by `reward.weights`
+
 
 @contextlib.contextmanager
 def reward_client(spec):
@@ -45,6 +47,61 @@ class Scorer:
 
     def __call__(self, examples: list[dict], texts: list[str]) -> RewardBatch:
         return self.client.score(self.items(examples, texts))
+
+    def equivalence_classes(self, groups: list[list[str | None]]) -> list[list[int]]:
+        return self.client.equivalence_classes(groups)
+
+
+class MixedScorer:
+    """Rewards for rows drawn from several prompt sources (R1 §2.3.4, RL for all scenarios): each row is
+    routed by its example's "source" — the source's rule components from the reward server (its own
+    weights) plus its reward models' scores, computed on the accelerator mesh in this process (the
+    server never imports jax) — and the reward is their weighted sum. Components are reported per row:
+    the rule names, and "rm_<name>" for a reward model (0 where the row's source does not use it).
+
+    sources: trainer.config.SourceSpec; reward_models: name -> an object with
+    `score(questions, responses) -> float32 [N]` (r1jax.trainer.reward_model.RewardModel)."""
+
+    def __init__(self, client: RewardClient, template: str, sources, reward_models: dict):
+        self.sources = {s.name: s for s in sources}
+        self.rules = {s.name: Scorer(client, template, dict(s.rule_weights)) for s in sources if s.rule_weights}
+        self.models = dict(reward_models)
+        self.client = client
+        missing = sorted({m for s in sources for m, _ in s.model_weights} - set(self.models))
+        if missing:
+            raise ValueError(f"reward models {missing} are weighted by a source but not loaded")
+
+    def __call__(self, examples: list[dict], texts: list[str]) -> RewardBatch:
+        import numpy as np
+
+        n = len(texts)
+        rewards, valid = np.zeros(n, np.float32), np.ones(n, bool)
+        status, details, answers = ["ok"] * n, [{} for _ in range(n)], [None] * n
+        components: dict[str, np.ndarray] = {}
+        rows: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            rows.setdefault(ex.get("source", PRIMARY_SOURCE), []).append(i)
+        for name, idx in rows.items():
+            if name not in self.sources:
+                raise ValueError(f"example {examples[idx[0]].get('id')!r}: source {name!r} is not one of "
+                                 f"{sorted(self.sources)}")
+            source, at = self.sources[name], np.asarray(idx)
+            if name in self.rules:
+                scored = self.rules[name]([examples[i] for i in idx], [texts[i] for i in idx])
+                rewards[at] += scored.rewards
+                valid[at] = scored.valid
+                for c, values in scored.components.items():
+                    components.setdefault(c, np.zeros(n, np.float32))[at] = values
+                for j, i in enumerate(idx):
+                    status[i], details[i] = scored.status[j], scored.details[j]
+                    answers[i] = scored.answers[j] if scored.answers is not None else None
+            for model, weight in source.model_weights:
+                score = np.asarray(self.models[model].score([examples[i]["question"] for i in idx],
+                                                            [texts[i] for i in idx]), np.float32)
+                rewards[at] += weight * score
+                components.setdefault(f"rm_{model}", np.zeros(n, np.float32))[at] = score
+        return RewardBatch(rewards=rewards, components=components, status=status, valid=valid, details=details,
+                           answers=answers)
 
     def equivalence_classes(self, groups: list[list[str | None]]) -> list[list[int]]:
         return self.client.equivalence_classes(groups)

