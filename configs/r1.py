@@ -25,11 +25,18 @@ from ml_collections import ConfigDict
 
 # the readable output format of R1 (|special_token| reasoning |special_token| summary) for every stage
 # after the cold start; prompts fit in 160 tokens of the tiny tokenizer
-READABLE = dict(data=dict(template="r1"), rollout=dict(max_prompt_len=160, stop_strings=()))
+READABLE = dict(data=dict(template="r1"), rollout=dict(max_prompt_len=160, max_new_tokens=64, stop_strings=()))
+# the base corpus: narrated chains of thought, 30% switching to Chinese part-way; a 1024-piece tokenizer
+# makes each narration phrase one token (~35-token answers instead of ~60 at 512 pieces)
+BASE_CORPUS = dict(narrated=True, language_mix_rate=0.3, mix_language="zh", tokenizer_vocab=1024)
 REASONING_REWARDS = dict(accuracy=1.0, format=0.5, language=0.5)  # §2.3.2: language reward added to accuracy
+# RL after the cold start: T = 0.7 and lr 5e-5 (at the R1-Zero run's T = 1 and 1e-4 this policy's samples were
+# right 8% of the time against 44% at T = 0.6, and held-out pass@1 fell to 0.27 in 20 steps)
+RL_AFTER_SFT = dict(rollout=dict(temperature=0.7), optim=dict(learning_rate=5e-5))
+# general prompts (§2.3.4): rewarded by the reward models and the readable layout; the exact reply is known
+# for these miniature tasks, so its rate is measured at weight 0 — an independent check of reward hacking
 GENERAL = dict(task="general", n_train=2000, n_eval=32, share=0.5,
-               rule_weights=dict(format=0.5),  # the readable layout is asked of general answers too
-               model_weights=dict(helpful=1.0, harmless=1.0))
+               rule_weights=dict(accuracy=0.0, format=0.5), model_weights=dict(helpful=0.5, harmless=0.5))
 REWARD_MODELS = dict(helpful="{rm_helpful}", harmless="{rm_harmless}")
 
 
@@ -46,36 +53,48 @@ def _steps() -> dict:
         # the base model: pretrained on worked problems whose narrated chains of thought switch to a
         # second language part-way in `language_mix_rate` of them
         "base": dict(command="pretrain", config="r1_zero.py:tiny",
-                     set=dict(pretrain=dict(narrated=True, language_mix_rate=0.3, mix_language="zh"))),
+                     set=dict(pretrain=BASE_CORPUS)),
         # §2.3.4 reward models, trained on preference pairs made here (docs/data.md)
-        "preferences": dict(command="data", make="preferences", params=dict(n_pairs=1500)),
+        # helpful: one epoch of 5,000 pairs, ~300 steps (held-out pair accuracy 0.91; 0.83-0.89 at ~80 steps);
+        # harmless: 0.98 after 25 steps, so 60 steps of the same file
+        "preferences": dict(command="data", make="preferences", params=dict(n_pairs=5000)),
         "rm_helpful": dict(command="rm", config="rm.py:tiny",
                            set=dict(policy=dict(path="{base}"), data=dict(path="{preferences}/helpful.jsonl"))),
         "rm_harmless": dict(command="rm", config="rm.py:tiny_harmless",
-                            set=dict(policy=dict(path="{base}"), data=dict(path="{preferences}/harmless.jsonl"))),
+                            set=dict(policy=dict(path="{base}"), data=dict(path="{preferences}/harmless.jsonl"),
+                                     rm=dict(steps=60))),
         # (1) cold start (§2.3.1): the base model's correct R1-Zero-format answers rewritten into the
         # readable format with a summary; the layout is what is fixed here, not the language
         "cold_start_data": dict(command="sample", config="sample.py:cold_start",
-                                set=dict(policy=dict(path="{base}"),
+                                set=dict(policy=dict(path="{base}"), rollout=dict(max_new_tokens=64),
+                                         data=dict(n_train=1000),
                                          sample=dict(filters=("long_paragraph", "code_block")))),
+        # six epochs: the tiny base needs ~200 steps to take up the new layout (format 0.36 at 50 steps)
         "cold_start": dict(command="sft", config="sft.py:tiny",
-                           set=dict(policy=dict(path="{base}"), data=dict(path="{cold_start_data}/sft_data.jsonl"))),
+                           set=dict(policy=dict(path="{base}"), data=dict(path="{cold_start_data}/sft_data.jsonl"),
+                                    sft=dict(epochs=6), eval=dict(every=50))),
         # (2) reasoning-oriented RL with the language-consistency reward (§2.3.2)
         "reasoning_rl": dict(command="rl", config="r1_zero.py:tiny",
-                             set=_merge(READABLE, dict(policy=dict(source="workdir", path="{cold_start}"),
+                             set=_merge(READABLE, RL_AFTER_SFT, dict(policy=dict(source="workdir", path="{cold_start}"),
                                                        reward=dict(weights=REASONING_REWARDS)))),
         # (3) rejection sampling from (2) with the readability filters (§2.3.3) + non-reasoning data
         "rejection": dict(command="sample", config="sample.py:tiny",
-                          set=_merge(READABLE, dict(policy=dict(path="{reasoning_rl}")))),
+                          set=_merge(READABLE, dict(policy=dict(path="{reasoning_rl}"), data=dict(n_train=1000),
+                                                    rollout=dict(temperature=0.7)))),
         "general_sft": dict(command="data", make="general_sft", params=dict(n=400, error_rate=0.3, rude_rate=0.3)),
         "sft_data": dict(command="data", make="mix",
                          params=dict(files=["{rejection}/sft_data.jsonl", "{general_sft}/general_sft.jsonl"])),
-        # SFT of the *base* model on both, two epochs (§2.3.3)
+        # SFT of the *base* model on both (§2.3.3: two epochs of 800k samples; the tiny base needs five of
+        # its ~1,100 rows: pass@1 0.28 and format 0.92 after two, 0.48 and 1.00 after five)
         "sft": dict(command="sft", config="sft.py:tiny",
-                    set=dict(policy=dict(path="{base}"), data=dict(path="{sft_data}/mixed.jsonl"), sft=dict(epochs=2))),
+                    set=dict(policy=dict(path="{base}"), data=dict(path="{sft_data}/mixed.jsonl"), sft=dict(epochs=5),
+                             eval=dict(every=50))),
         # (4) RL for all scenarios (§2.3.4): reasoning by rules, general prompts by the reward models
         "rl_all": dict(command="rl", config="r1_zero.py:tiny",
-                       set=_merge(READABLE, dict(policy=dict(source="workdir", path="{sft}"),
+                       # a KL penalty to the SFT policy: the tiny reward models can be gamed (with β = 0 the
+                       # general answers degenerated into repeated "\\boxed{" within 20 steps)
+                       set=_merge(READABLE, RL_AFTER_SFT, dict(policy=dict(source="workdir", path="{sft}"),
+                                                 grpo=dict(beta=0.04), rl=dict(steps=60),
                                                  reward=dict(weights=REASONING_REWARDS),
                                                  sources=dict(general=GENERAL), reward_models=REWARD_MODELS))),
     }
@@ -108,8 +127,7 @@ def _smoke(c: ConfigDict) -> ConfigDict:
     c.name = "r1_smoke"
     model = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128, max_position_embeddings=512)
     s = c.steps
-    s.base.set.update(dict(pretrain=ConfigDict(dict(narrated=True, language_mix_rate=0.3, mix_language="zh",
-                                                     steps=6, n_docs=400, batch_size=8, seq_len=160)),
+    s.base.set.update(dict(pretrain=ConfigDict(dict(BASE_CORPUS, steps=6, n_docs=400, batch_size=8, seq_len=160)),
                            model=ConfigDict(dict(overrides=model)), data=ConfigDict(dict(n_train=32, n_eval=4))))
     s.preferences.params.n_pairs = 40
     for name in ("rm_helpful", "rm_harmless"):
@@ -117,7 +135,8 @@ def _smoke(c: ConfigDict) -> ConfigDict:
             dict(path=s[name].set.data.path, n_heldout=8, batch_size=8)), checkpoint=ConfigDict(dict(every=2))))
     small_sample = dict(data=dict(n_train=6), sample=dict(k=2, batch_prompts=2, keep_incorrect=True),
                         rollout=dict(max_new_tokens=12), reward=dict(workers=1))
-    s.cold_start_data.set = ConfigDict(_merge(s.cold_start_data.set.to_dict(), small_sample))
+    # a base model of 6 steps answers nothing right to rewrite: curated cold-start rows instead
+    s.cold_start_data = ConfigDict(dict(command="data", make="readable_cot", params=dict(n=24)))
     s.rejection.set = ConfigDict(_merge(s.rejection.set.to_dict(), small_sample))
     small_sft = dict(data=dict(n_heldout=4, seq_len=192), sft=dict(epochs=1), eval_task=dict(n_eval=2),
                      eval=dict(k=2, every=2), checkpoint=dict(every=1), rollout=dict(max_new_tokens=8),

@@ -83,7 +83,26 @@ def _mix(params: dict, out_dir: str, seed: int) -> dict:
     return {"mixed.jsonl": len(rows), "from": counts}
 
 
-DATA_MAKERS = {"preferences": _preferences, "general_sft": _general_sft, "mix": _mix}
+def _readable_cot(params: dict, out_dir: str, seed: int) -> dict:
+    """sft_data.jsonl: `n` arithmetic problems with correct narrated solutions in the readable R1 format
+    (curated cold-start data, as the paper's human-written examples; the tiny recipe instead rewrites
+    the base model's own correct answers, the `sample` stage with `rewrite=readable`)."""
+    from r1jax.data import procedural
+    from r1jax.data.base_corpus import narrate, worked_steps
+    from r1jax.data.templates import format_r1_response
+
+    rows = []
+    for i in range(int(params["n"])):
+        ex = procedural.generate(procedural.ProceduralConfig("arithmetic", 10**6, int(params.get("difficulty", 2)),
+                                                             seed=seed + 77), i)
+        steps, value = worked_steps(ex["meta"]["expression"])
+        rows.append({"question": ex["question"], "answer": str(value),
+                     "response": format_r1_response(narrate(steps, value), f"So the answer is \\boxed{{{value}}}.")})
+    write_jsonl(os.path.join(out_dir, "sft_data.jsonl"), rows)
+    return {"sft_data.jsonl": len(rows)}
+
+
+DATA_MAKERS = {"preferences": _preferences, "general_sft": _general_sft, "mix": _mix, "readable_cot": _readable_cot}
 
 
 # ── the steps of a config, resolved ─────────────────────────────────────────────────────────
@@ -222,6 +241,7 @@ def run(c: ConfigDict, workdir: str, run_stage: RunStage, load_config: LoadConfi
 # (metrics key of the report's evaluation, column title)
 COLUMNS = (("eval/pass@1", "pass@1"), ("eval/format", "format"), ("eval/language", "language"),
            ("eval/general/rm_helpful", "RM helpful"), ("eval/general/rm_harmless", "RM harmless"),
+           ("eval/general/accuracy", "general exact"),
            ("eval/length_mean", "length"), ("eval/general/length_mean", "general length"))
 
 

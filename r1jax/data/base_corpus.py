@@ -19,7 +19,7 @@ module writes such a corpus, so the tiny run has a base model whose gains under 
   32. Then we compute 2 + 32 = 34. So we get 34."), so the language-consistency reward (paper
   §2.3.2, `textrewards.language_share`) has words to count, and a share `language_mix_rate` of them
   switching to a second language part-way, the way R1-Zero's chains of thought mixed languages
-  (`narrate`).
+  (`narrate`); their textbook-style documents give the result as \\boxed{X}.
 
 Everything is a pure function of the seed. With the defaults (narrated=False) the corpus is the one
 the published tiny R1-Zero run was pretrained on, byte for byte (tests/test_base_corpus.py pins it).
@@ -219,7 +219,10 @@ def _arithmetic_doc(rng: np.random.Generator, example: dict, cfg: CorpusConfig) 
         return f"{prompt} {reasoning} <answer> {answer} </answer>"
     style = int(rng.integers(3))
     if style == 0:
-        return f"Question: {question}\nAnswer: {reasoning} The answer is {answer}."
+        # narrated corpora write this textbook style's result in LaTeX, as real pretraining text does; the
+        # readable R1 format's summary ("... \\boxed{X}") is then not a string the base never saw
+        final = f"\\boxed{{{answer}}}" if cfg.narrated else answer
+        return f"Question: {question}\nAnswer: {reasoning} The answer is {final}."
     if style == 1:
         return f"{question} {reasoning} Result: {answer}."
     return f"Q: {question}\nA: {answer}"

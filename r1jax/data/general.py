@@ -63,13 +63,14 @@ def task_kind(question: str) -> str:
 
 
 def general_examples(n: int, seed: int) -> list[dict]:
-    """n example dicts {"id", "question", "answer" (the correct reply), "task": "none",
-    "meta": {"scenario": "general", "kind"}} (task "none": no rule verifier; reward models judge)."""
+    """n example dicts {"id", "question", "answer" (the correct reply), "task": "exact",
+    "meta": {"scenario": "general", "kind"}}. In RL the reward models judge them; task "exact" lets the
+    reward server also grade the reply as exact text (e.g. at weight 0: a measure of reward hacking)."""
     rng = np.random.default_rng([seed, 2304])
     out = []
     for i in range(n):
         question, reply = instruction_task(rng)
-        out.append({"id": f"general-{seed}-{i}", "question": question, "answer": reply, "task": "none",
+        out.append({"id": f"general-{seed}-{i}", "question": question, "answer": reply, "task": "exact",
                     "meta": {"scenario": SCENARIO, "kind": task_kind(question)}})
     return out
 

@@ -6,7 +6,7 @@ import traceback
 
 from r1jax.reward import codecheck, registry, sandbox
 from r1jax.reward.mathcheck import verify_math
-from r1jax.reward.textrewards import countdown_reward, format_reward, language_reward
+from r1jax.reward.textrewards import countdown_reward, exact_answer_reward, format_reward, language_reward
 from r1jax.reward.types import INFRA_ERROR, OK, REJECTED, ItemError, Verdict, validate_item
 
 DEFAULT_LANGUAGE = "en"
@@ -16,6 +16,8 @@ def _accuracy(item: dict, limits: sandbox.Limits) -> Verdict:
     task = item["task"]
     if task == "math":
         return verify_math(item["completion"], item["answer"], item["template"])
+    if task == "exact":
+        return exact_answer_reward(item["completion"], item["answer"], item["template"])
     if task == "countdown":
         return countdown_reward(item["completion"], item["meta"], item["template"])
     if task == "code":

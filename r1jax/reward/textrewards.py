@@ -16,7 +16,7 @@ import re
 import unicodedata
 from fractions import Fraction
 
-from r1jax.reward.mathcheck import boxed_contents, split_completion
+from r1jax.reward.mathcheck import boxed_contents, extract_answer, split_completion
 from r1jax.reward.types import NO_ANSWER, OK, WRONG, ItemError, Verdict
 
 
@@ -110,6 +110,24 @@ def language_reward(completion: str, language: str, template: str = "chat") -> V
     if not total:
         return Verdict(0.0, NO_ANSWER, "no words in the reasoning")
     return Verdict(hits / total, OK, f"{hits}/{total} words in {language}")
+
+
+# ---------------------------------------------------------------- exact answers (task "exact")
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).rstrip(".")
+
+
+def exact_answer_reward(completion: str, answer: str, template: str) -> Verdict:
+    """1.0 when the final answer (read as for math: the boxed answer of the final part) is the gold string,
+    compared after collapsing whitespace and dropping a final period. For answers that are text, not
+    mathematics (e.g. the tiny pipeline's general instructions: "reverse the words a b" -> "b a")."""
+    got, note = extract_answer(completion, template)
+    if got is None:
+        return Verdict(0.0, NO_ANSWER, note)
+    ok = _normalise(got) == _normalise(str(answer))
+    return Verdict(1.0 if ok else 0.0, OK if ok else WRONG, f"{got!r} {'==' if ok else '!='} {answer!r}")
 
 
 # ---------------------------------------------------------------- countdown (TinyZero task)

@@ -26,7 +26,7 @@ STATUSES = (
 # Failures of the service, not of the sample: the trainer masks these instead of rewarding 0.
 INFRA_STATUSES = frozenset({INFRA_ERROR, REJECTED})
 
-TASKS = ("math", "countdown", "code", "none")
+TASKS = ("math", "countdown", "code", "exact", "none")
 TEMPLATES = ("r1_zero", "r1", "chat", "chat_boxed")
 ITEM_KEYS = frozenset({"completion", "task", "answer", "meta", "template", "weights", "id", "question"})
 DEFAULT_WEIGHTS = {"accuracy": 1.0}
@@ -85,8 +85,8 @@ def validate_item(item: Any, index: int) -> dict:
         for k, v in weights.items()
     ):
         raise ItemError(f"{where}: field 'weights' must map reward names to numbers")
-    if task == "math" and answer is None and weights.get("accuracy", 0):
-        raise ItemError(f"{where}: task 'math' with an accuracy weight needs field 'answer'")
+    if task in ("math", "exact") and answer is None and weights.get("accuracy", 0):
+        raise ItemError(f"{where}: task {task!r} with an accuracy weight needs field 'answer'")
     return {
         "completion": completion,
         "task": task,

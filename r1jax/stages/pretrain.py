@@ -100,9 +100,12 @@ def run(spec: PretrainSpec, workdir: str) -> str:
         else:
             # BPE across whitespace and punctuation: the corpus's fixed R1-Zero instruction becomes a few
             # long pieces (prompt ~30 tokens instead of ~90), which cuts rollout and update cost ~2x.
+            # a second language's characters are rare in the corpus: the default character coverage
+            # would leave them as UTF-8 byte pieces (three per Han character), which the tiny model garbles
+            coverage = {"character_coverage": 1.0} if spec.corpus.language_mix_rate > 0 else {}
             tokenizer = SentencePieceTokenizer.train(
                 docs, vocab_size=spec.tokenizer_vocab, split_by_whitespace=False, split_by_unicode_script=False,
-                max_sentencepiece_length=512)
+                max_sentencepiece_length=512, **coverage)
             save_tokenizer(tokenizer, tok_dir)
         console.say("base", f"corpus of {len(docs):,} documents (no RL prompt among them), SentencePiece "
                             f"tokenizer of {tokenizer.vocab_size} pieces ({time.time() - t0:.1f} s)")

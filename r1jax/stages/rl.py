@@ -372,7 +372,7 @@ def _loop(spec: RLSpec, session: Session, client, sampler_mesh) -> dict:
                  "reward": float(rewards.rewards[i]), "status": rewards.status[i]}
                 for i in range(0, len(examples), G)][:4])
         bar.set_postfix(reward=f"{scalars['reward/total']:.2f}",
-                        acc=f"{scalars.get('reward/accuracy', float('nan')):.2f}",
+                        acc=f"{scalars.get('reward/accuracy', scalars.get('reward/data/accuracy', float('nan'))):.2f}",
                         len=f"{scalars['rollout/length_mean']:.0f}")
 
         # ── ⑥ checkpoint (async; the loop goes on while it is written) ──────────────────────────

@@ -94,7 +94,7 @@ def test_general_examples_are_the_base_corpus_instruction_tasks():
     rng = np.random.default_rng([3, 2304])
     for ex in examples:
         assert (ex["question"], ex["answer"]) == base_corpus._instruction(rng)
-        assert ex["task"] == "none" and ex["meta"]["scenario"] == "general"
+        assert ex["task"] == "exact" and ex["meta"]["scenario"] == "general"
     assert {ex["meta"]["kind"] for ex in examples} == set(general.TASK_KINDS)
 
 
