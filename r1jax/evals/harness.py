@@ -83,7 +83,8 @@ class EvalResult:
     n_show: int = 4
     other_components: dict[str, float] = dataclasses.field(default_factory=dict)
     """Mean of every other reward component score_fn returned (e.g. "language": the share of the
-    reasoning in the prompt's language), over all samples."""
+    reasoning in the prompt's language), over all samples; with "language", also "language_mixed": the
+    fraction of samples whose reasoning is not wholly in that language (a reasoning without words counts)."""
 
     @property
     def n_problems(self) -> int:
@@ -197,6 +198,9 @@ def evaluate(
         for name, values in scored.components.items():
             if name not in ("accuracy", "format"):
                 other_sums[name] = other_sums.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64)))
+            if name == "language":  # samples whose reasoning is not wholly in the prompt's language
+                other_sums["language_mixed"] = other_sums.get("language_mixed", 0.0) + float(
+                    np.sum(np.asarray(values, np.float64) < 1.0))
         invalid += int(np.sum(~np.asarray(scored.valid, bool)))
 
         answers = [scored.answers[p * k : (p + 1) * k] for p in range(len(problems))]

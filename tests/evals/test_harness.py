@@ -137,6 +137,30 @@ def test_code_only_eval_has_no_cons_at_k(eval_client):
     assert "eval/cons@k" not in only_code.scalars() and only_code.scalars()["eval/pass@1"] == 0.5
 
 
+def test_other_components_are_averaged_and_language_mixing_counted(eval_client):
+    """The language reward's mean and the share of samples not wholly in the prompt's language, by hand:
+    shares 1, 2/6 (every Han character is a word), 1, 0 (no words) over the four samples of one problem."""
+    texts = ["<think>we add them</think> <answer>7</answer>", "<think>we add 然后 计算</think> <answer>7</answer>",
+             "<think>so seven</think> <answer>8</answer>", "<think>3 + 4</think> <answer>7</answer>"]
+    example = {"id": "lang", "question": "3 + 4?", "answer": "7", "task": "math", "meta": {"language": "en"}}
+
+    def score(examples, completions):
+        return eval_client.score([{**item, "weights": {"accuracy": 1.0, "language": 0.0}}
+                                  for item in reward_items(examples, completions)])
+
+    def generate_lang(batch, k):
+        BY_ID["lang"] = texts
+        return generate(batch, k)
+
+    try:
+        out = evaluate(generate_lang, score, eval_client.equivalence_classes, [prompt_batch([example])], 4)
+    finally:
+        BY_ID.pop("lang")
+    assert out.other_components["language"] == pytest.approx((1 + 2 / 6 + 1 + 0) / 4)
+    assert out.other_components["language_mixed"] == pytest.approx(2 / 4)
+    assert out.scalars()["eval/language_mixed"] == pytest.approx(0.5) and out.pass_at_1 == pytest.approx(0.75)
+
+
 def test_report_files_are_written_and_parse(result, tmp_path):
     paths = write_report(result, str(tmp_path / "reports"), "step_7",
                          settings={"temperature": 0.6, "top_p": 0.95, "step": 7})
