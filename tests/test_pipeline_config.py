@@ -161,3 +161,13 @@ def test_every_step_of_the_r1_recipe_resolves(variant, tmp_path):
     assert [s.name for s in sources] == ["data", "general"]
     assert dict(sources[0].rule_weights)["language"] > 0
     assert dict(C.reward_model_paths(rl_all)) == {"helpful": dirs["rm_helpful"], "harmless": dirs["rm_harmless"]}
+
+
+def test_reward_weights_and_plugins_from_the_command_line():
+    config, _ = load_config(["--config.reward.weights.language=0.25", "--config.reward.plugins=my_rewards,other",
+                             "--config.reward.weights.length_penalty=0.1"], "rl")
+    spec = C.reward_spec(config)
+    assert dict(spec.weights) == {"accuracy": 1.0, "format": 0.5, "language": 0.25, "length_penalty": 0.1}
+    assert spec.plugins == ("my_rewards", "other")
+    with pytest.raises(C.ConfigError, match="config.reward.weights"):
+        C.reward_spec(load_config(["--config.reward.weights.language=-1"], "rl")[0])
