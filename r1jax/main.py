@@ -265,31 +265,40 @@ def _stage(command: str, argv: list[str]) -> None:
             return
         _run(command, config, overrides, args)
     except Exception as e:
-        from r1jax.data.readers import DataError
-        from r1jax.trainer.config import ConfigError
+        _exit_on_user_error(command, e, args.traceback)
 
-        if args.traceback or not isinstance(e, (UsageError, ConfigError, DataError, FileNotFoundError,
-                                                ConnectionError)):
-            raise
-        print(f"r1jax {command}: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+
+def _exit_on_user_error(command: str, e: Exception, traceback: bool) -> None:
+    """A bad command line, config, data row or path: one line and exit 2. Anything else is a bug: raised."""
+    from r1jax.data.readers import DataError
+    from r1jax.trainer.config import ConfigError
+
+    if traceback or not isinstance(e, (UsageError, ConfigError, DataError, FileNotFoundError, ConnectionError)):
+        raise e
+    print(f"r1jax {command}: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """The library's INFO logs (and libtpu's probe on machines without TPUs) only with --verbose."""
+    from absl import flags, logging
+
+    flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
 
 
 def _run(command: str, config, overrides: dict, args) -> None:
     import time
 
     import jax
-    from absl import flags, logging
 
     from r1jax import console
     from r1jax.fileio import write_atomic, write_json
     from r1jax.trainer import compilation
     from r1jax.trainer.config import PolicySpec, compile_spec
 
-    # the library's INFO logs (and libtpu's probe on machines without TPUs) only with --verbose
-    flags.FLAGS.mark_as_parsed()
-    logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
+    _quiet_logs(args.verbose)
     if args.coordinator_address:
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)
@@ -362,30 +371,20 @@ def _pipeline(argv: list[str]) -> None:
         config, _ = load_config(rest, "pipeline")
         _run_pipeline(config, args)
     except Exception as e:
-        from r1jax.data.readers import DataError
-        from r1jax.trainer.config import ConfigError
-
-        if args.traceback or not isinstance(e, (UsageError, ConfigError, DataError, FileNotFoundError,
-                                                ConnectionError)):
-            raise
-        print(f"r1jax pipeline: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        _exit_on_user_error("pipeline", e, args.traceback)
 
 
 def _run_pipeline(config, args) -> None:
     import time
 
     import jax
-    from absl import flags, logging
 
     from r1jax import console, pipeline
     from r1jax.fileio import write_atomic, write_json
     from r1jax.trainer import compilation
     from r1jax.trainer.config import compile_spec
 
-    flags.FLAGS.mark_as_parsed()
-    logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
-    logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
+    _quiet_logs(args.verbose)
     config.lock()
     workdir = args.workdir or os.path.join("runs", config.get("name", "pipeline"))
     compilation.setup(compile_spec(config))

@@ -235,6 +235,20 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def train_and_heldout(read: Callable[[str], list[dict]], path: str, eval_path: str = "",
+                      n_heldout: int = 0) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows) of a training file: the rows of `eval_path` if given, else the last
+    `n_heldout` rows of `path` (0 = none held out). `read(path)` reads one file's rows."""
+    rows = read(path)
+    if eval_path:
+        return rows, read(eval_path)
+    if not n_heldout:
+        return rows, []
+    if n_heldout >= len(rows):
+        raise ValueError(f"config.data.n_heldout={n_heldout}: {path} has only {len(rows)} rows")
+    return rows[:-n_heldout], rows[-n_heldout:]
+
+
 def _check_on_error(on_error: str) -> None:
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error={on_error!r}; choose 'fail' or 'skip'")

@@ -19,6 +19,7 @@ import dataclasses
 
 from r1jax import console
 from r1jax.data.preferences import PreferenceFieldMap, read_preference_file
+from r1jax.data.readers import train_and_heldout
 from r1jax.parallel.mesh import MeshConfig
 from r1jax.trainer import config as C
 from r1jax.trainer.optimizer import make_optimizer
@@ -117,15 +118,9 @@ def build(c) -> RMSpec:
 def run(spec: RMSpec, workdir: str) -> dict:
     with Session(workdir, spec.mesh, keep=spec.checkpoint_keep) as session:
         # ── the preference pairs: train, and held out for the pair accuracy ──────────────────────
-        pairs, _ = read_preference_file(spec.path, spec.fields, spec.on_error)
-        if spec.eval_path:
-            heldout, _ = read_preference_file(spec.eval_path, spec.fields, spec.on_error)
-        elif spec.n_heldout:
-            if spec.n_heldout >= len(pairs):
-                raise ValueError(f"config.data.n_heldout={spec.n_heldout}: {spec.path} has only {len(pairs)} rows")
-            pairs, heldout = pairs[:-spec.n_heldout], pairs[-spec.n_heldout:]
-        else:
-            heldout = []
+        pairs, heldout = train_and_heldout(
+            lambda path: read_preference_file(path, spec.fields, spec.on_error)[0], spec.path, spec.eval_path,
+            spec.n_heldout)
 
         # ── the decoder of the policy + a scalar head; every pair tokenised before training ──────
         policy = load_policy(spec.policy, spec.model, session.mesh)

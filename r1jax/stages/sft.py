@@ -16,7 +16,7 @@ import dataclasses
 
 from r1jax import console
 from r1jax.data.pipeline import SFTPipelineConfig, make_sft_dataset
-from r1jax.data.readers import FieldMap, SFTFieldMap, read_sft_file
+from r1jax.data.readers import FieldMap, SFTFieldMap, read_sft_file, train_and_heldout
 from r1jax.data.sources import TaskSpec, load_splits
 from r1jax.parallel.mesh import MeshConfig
 from r1jax.trainer import config as C
@@ -101,15 +101,8 @@ def build(c) -> SFTSpec:
 def run(spec: SFTSpec, workdir: str, client=None) -> dict:
     with Session(workdir, spec.mesh, keep=spec.checkpoint_keep) as session:
         # ── the SFT examples: train, and held out for the loss ──────────────────────────────────
-        examples, _ = read_sft_file(spec.path, spec.fields, spec.on_error)
-        if spec.eval_path:
-            heldout_examples, _ = read_sft_file(spec.eval_path, spec.fields, spec.on_error)
-        elif spec.n_heldout:
-            if spec.n_heldout >= len(examples):
-                raise ValueError(f"config.data.n_heldout={spec.n_heldout}: {spec.path} has only {len(examples)} rows")
-            examples, heldout_examples = examples[:-spec.n_heldout], examples[-spec.n_heldout:]
-        else:
-            heldout_examples = []
+        examples, heldout_examples = train_and_heldout(
+            lambda path: read_sft_file(path, spec.fields, spec.on_error)[0], spec.path, spec.eval_path, spec.n_heldout)
 
         # ── the policy; every data set is tokenised and checked before the train state exists ────
         policy = load_policy(spec.policy, spec.model, session.mesh)
