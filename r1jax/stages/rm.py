@@ -29,14 +29,13 @@ from r1jax.trainer.reward_model import (
     PairPipelineConfig,
     bradley_terry_objective,
     encode_pairs,
-    heldout_pair_metrics,
     make_pair_dataset,
     reward_policy,
     write_reward_record,
 )
 from r1jax.trainer.session import Session
 from r1jax.trainer.step import StepConfig, make_train_step
-from r1jax.trainer.supervised import FitSpec, fit, make_loss_fn
+from r1jax.trainer.supervised import FitSpec, fit, heldout_metrics, make_loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +150,7 @@ def run(spec: RMSpec, workdir: str) -> dict:
         loss_fn = make_loss_fn(rm_policy.graphdef, objective, session.mesh, session.shardings)
 
         def evaluate(st, step: int) -> dict:
-            return heldout_pair_metrics(loss_fn, st.params, st.model_state, held, session.mesh)
+            return heldout_metrics(loss_fn, st.params, st.model_state, held, session.mesh, weight="pairs")
 
         # ── the shared supervised loop ──────────────────────────────────────────────────────────
         step_fn = make_train_step(rm_policy.graphdef, objective, optimizer, session.mesh, session.shardings, spec.step)

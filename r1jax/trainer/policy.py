@@ -90,24 +90,31 @@ def _load_workdir(workdir: str, step: int, model, mesh: Mesh) -> Policy:
     stored = config_from_dict(record["model"], where=record_path)
     cfg = model.apply_to(stored, workdir)
     tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
-    graphdef, abstract = abstract_model(stored)
-    params_like, model_state_like = split_model_state(abstract)
-    with CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), create=False) as ckpt:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"config.policy.path={workdir!r}: no checkpoint saved there yet")
-        chosen = steps[-1] if step < 0 else step
-        if chosen not in steps:
-            raise FileNotFoundError(f"config.policy.step={step}: {workdir!r} has checkpoints {steps}")
-        like = {"params": params_like, "model_state": model_state_like}
-        sh = {"params": state_shardings(params_like, mesh), "model_state": state_shardings(model_state_like, mesh)}
-        items, _ = ckpt.restore(chosen, {"policy": abstract_state(sh, like)})
-    params, model_state = items["policy"]["params"], items["policy"]["model_state"]
+    params, model_state, chosen = restore_policy_item(workdir, step, abstract_model(stored)[1], mesh,
+                                                      "config.policy.path", "config.policy.step")
     if cfg.param_dtype != stored.param_dtype:
         dtype = cfg.jnp_param_dtype
         params = jax.tree.map(lambda x: x.astype(dtype), params)
     graphdef = abstract_model(cfg)[0]
     return Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"workdir:{workdir}@{chosen}")
+
+
+def restore_policy_item(workdir: str, step: int, abstract, mesh: Mesh, path_field: str, step_field: str):
+    """(params, model_state, step) of the `policy` item of a workdir's checkpoint `step` (-1 = the latest),
+    laid out like the abstract model `abstract` and placed straight into their shardings on `mesh`.
+    A missing checkpoint is a FileNotFoundError naming the config field that chose it."""
+    params_like, model_state_like = split_model_state(abstract)
+    with CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), create=False) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{path_field}={workdir!r}: no checkpoint saved there yet")
+        chosen = steps[-1] if step < 0 else step
+        if chosen not in steps:
+            raise FileNotFoundError(f"{step_field}={step}: {workdir!r} has checkpoints {steps}")
+        like = {"params": params_like, "model_state": model_state_like}
+        sh = {"params": state_shardings(params_like, mesh), "model_state": state_shardings(model_state_like, mesh)}
+        items, _ = ckpt.restore(chosen, {"policy": abstract_state(sh, like)})
+    return items["policy"]["params"], items["policy"]["model_state"], chosen
 
 
 def write_policy_record(workdir: str, policy: Policy, stage: str, **info) -> None:

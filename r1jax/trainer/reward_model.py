@@ -54,7 +54,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.data import templates
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.fileio import write_json
@@ -64,8 +63,8 @@ from r1jax.model.layers import param
 from r1jax.model.transformer import Transformer
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
 from r1jax.reward.mathcheck import split_completion
-from r1jax.trainer.policy import CHECKPOINT_DIR, POLICY_RECORD, TOKENIZER_DIR, Policy
-from r1jax.trainer.state import batch_sharding, shard_batch, split_model_state
+from r1jax.trainer.policy import POLICY_RECORD, TOKENIZER_DIR, Policy, restore_policy_item
+from r1jax.trainer.state import batch_sharding, split_model_state
 from r1jax.trainer.step import Objective
 
 REWARD_RECORD = "reward_model.json"
@@ -296,19 +295,6 @@ def bradley_terry_objective() -> Objective:
     return Objective(loss=loss, prepare=prepare, metrics=metrics)
 
 
-def heldout_pair_metrics(loss_fn, params, model_state, batches, mesh) -> dict:
-    """Pair-weighted means of the objective's metrics over held-out batches (supervised.make_loss_fn)."""
-    total, pairs = {}, 0.0
-    for batch in batches:
-        m = jax.device_get(loss_fn(params, model_state, shard_batch(batch, mesh)))
-        n = float(m["pairs"])
-        for k, v in m.items():
-            if k != "pairs":
-                total[k] = total.get(k, 0.0) + float(v) * n
-        pairs += n
-    return {f"heldout/{k}": v / max(pairs, 1.0) for k, v in total.items()} | {"heldout/pairs": pairs}
-
-
 # ── the workdir record and the scorer ───────────────────────────────────────────────────────
 
 
@@ -373,19 +359,9 @@ class RewardModel:
             cfg = config_from_dict(json.load(f)["model"], where=os.path.join(workdir, POLICY_RECORD))
         tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
         graphdef, abstract = abstract_reward_model(cfg)
-        params_like, model_state_like = split_model_state(abstract)
-        with CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), create=False) as ckpt:
-            steps = ckpt.all_steps()
-            if not steps:
-                raise FileNotFoundError(f"{workdir!r}: no checkpoint saved there yet")
-            chosen = steps[-1] if step < 0 else step
-            if chosen not in steps:
-                raise FileNotFoundError(f"reward model step={step}: {workdir!r} has checkpoints {steps}")
-            like = {"params": params_like, "model_state": model_state_like}
-            sh = {"params": state_shardings(params_like, mesh), "model_state": state_shardings(model_state_like, mesh)}
-            items, _ = ckpt.restore(chosen, {"policy": abstract_state(sh, like)})
-        p = items["policy"]
-        return cls(cfg, graphdef, p["params"], p["model_state"], tokenizer, record, mesh, batch_rows,
+        params, model_state, chosen = restore_policy_item(workdir, step, abstract, mesh, "reward model path",
+                                                          "reward model step")
+        return cls(cfg, graphdef, params, model_state, tokenizer, record, mesh, batch_rows,
                    origin=f"rm:{workdir}@{chosen}")
 
     def encode(self, question: str, response: str) -> tuple[np.ndarray, bool]:

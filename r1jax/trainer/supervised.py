@@ -56,17 +56,18 @@ def make_loss_fn(graphdef, objective: Objective, mesh, state_sharding):
     return run
 
 
-def heldout_metrics(loss_fn, params, model_state, batches, mesh) -> dict:
-    """Token-weighted mean of the objective's metrics over a finite list of held-out batches."""
-    total, tokens = {}, 0.0
+def heldout_metrics(loss_fn, params, model_state, batches, mesh, weight: str = "tokens") -> dict:
+    """Mean of the objective's metrics over a finite list of held-out batches, each batch weighted by
+    its metric `weight` (target tokens for next-token loss, pairs for a reward model)."""
+    total, count = {}, 0.0
     for batch in batches:
         m = jax.device_get(loss_fn(params, model_state, shard_batch(batch, mesh)))
-        n = float(m["tokens"])
+        n = float(m[weight])
         for k, v in m.items():
-            if k != "tokens":
+            if k != weight:
                 total[k] = total.get(k, 0.0) + float(v) * n
-        tokens += n
-    return {f"heldout/{k}": v / max(tokens, 1.0) for k, v in total.items()} | {"heldout/tokens": tokens}
+        count += n
+    return {f"heldout/{k}": v / max(count, 1.0) for k, v in total.items()} | {f"heldout/{weight}": count}
 
 
 def fit(session: Session, state: TrainState, train_step, batches, spec: FitSpec, *,
