@@ -18,6 +18,9 @@ import jax.numpy as jnp
 ARCHS = ("llama", "qwen2", "deepseek_v3")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 MOE_IMPLS = ("ragged", "einsum")
+MOE_DISPATCHES = ("all_gather", "all_to_all")
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "offload_dots_with_no_batch_dims")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -141,6 +144,25 @@ class ModelConfig:
 
     remat: bool = False
     """Recompute each block's activations in the backward pass (jax.checkpoint): memory for FLOPs."""
+    remat_policy: str = "nothing_saveable"
+    """What a rematerialised block keeps for the backward pass (REMAT_POLICIES): "nothing_saveable"
+    recomputes everything; "dots_saveable" / "dots_with_no_batch_dims_saveable" keep matmul outputs;
+    "offload_dots_with_no_batch_dims" keeps them in host memory where XLA supports it."""
+    scan_layers: bool = False
+    """Run each run of identical blocks (DeepSeek-V3: the dense prefix, then the MoE layers) as one
+    jax.lax.scan over parameters stacked on a leading "layers" axis: one compiled block body instead of
+    L, and with `remat` only one block's activations live at a time."""
+    train_attention_block: int = 0
+    """Key/value block of the cache-free forward (training, scoring, prefill without a cache): > 0 runs
+    blockwise attention with an online softmax (memory linear in the sequence length); 0 = dense
+    [B, H, T, T] scores."""
+    moe_dispatch: str = "all_gather"
+    """How tokens reach experts on another shard of the `expert` mesh axis (MOE_DISPATCHES):
+    "all_gather" (every shard sees every token of the axis) or "all_to_all" (each token goes only to
+    the shards holding its experts, capacity-bounded by moe_capacity_factor)."""
+    moe_capacity_factor: float = 2.0
+    """all_to_all only: slots per (source shard, expert shard) pair = factor x the balanced share of
+    the source's token-expert assignments; assignments past capacity are dropped (their gate is lost)."""
     attention_block: int = 128
     """KV-cache slots per block when attending over a cache (prefill and decode): blocks past the batch's
     furthest position are never read, so a step costs the filled length, not the cache size; 0 = one
@@ -204,6 +226,10 @@ class ModelConfig:
         need(self.n_shared_experts >= 0, "n_shared_experts", "must be >= 0")
         need(self.n_mtp >= 0, "n_mtp", "must be >= 0")
         need(self.attention_block >= 0, "attention_block", "must be >= 0 (0 = dense)")
+        need(self.train_attention_block >= 0, "train_attention_block", "must be >= 0 (0 = dense)")
+        need(self.remat_policy in REMAT_POLICIES, "remat_policy", f"supported: {REMAT_POLICIES}")
+        need(self.moe_dispatch in MOE_DISPATCHES, "moe_dispatch", f"supported: {MOE_DISPATCHES}")
+        need(self.moe_capacity_factor > 0, "moe_capacity_factor", "must be > 0")
 
     # --- derived sizes ---
     @property

@@ -91,7 +91,8 @@ def optim_from(fields: dict, total_steps: int) -> OptimConfig:
 
 
 # Fields of ModelConfig that change how a loaded checkpoint runs, not what it is.
-RUNTIME_FIELDS = ("remat", "attention_block", "dtype", "param_dtype", "moe_impl", "seq_aux_alpha")
+RUNTIME_FIELDS = ("remat", "remat_policy", "scan_layers", "attention_block", "train_attention_block", "dtype",
+                  "param_dtype", "moe_impl", "moe_dispatch", "moe_capacity_factor", "seq_aux_alpha")
 # Fields a checkpoint has its own value of, whatever a variant says (the vocabulary is the tokenizer's;
 # the init scale was used once, before the checkpoint existed).
 CHECKPOINT_FIELDS = ("vocab_size", "init_std")
