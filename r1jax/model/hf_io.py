@@ -101,7 +101,7 @@ def config_from_hf(hf: dict[str, Any], *, has_mtp_weights: bool | None = None, d
         raise ValueError(f"config.json {key}={hf.get(key)!r}: {why}")
 
     if hf.get("quantization_config"):
-        bad("quantization_config", "quantised checkpoints are not supported (dequantise to bf16/fp32 first)")
+        fp8_block_size(hf)  # FP8 block-scaled weights (DeepSeek-V3's release) load dequantised; others raise
     if hf.get("mlp_bias"):
         bad("mlp_bias", "MLP biases are not supported")
     if hf.get("use_sliding_window"):
@@ -520,9 +520,84 @@ class SafetensorsSource:
         return np.array(view if index is None else view[index])  # copies only the slice asked for
 
 
+# ============================================================================ FP8 block-scaled checkpoints
+
+
+def fp8_block_size(hf: dict) -> tuple[int, int] | None:
+    """(rows, cols) of the scale blocks of an FP8 checkpoint's config.json, None when unquantised.
+
+    DeepSeek-V3/R1 as released: `quantization_config = {"quant_method": "fp8", "fmt": "e4m3",
+    "weight_block_size": [128, 128], ...}`; most linear weights are float8_e4m3fn [out, in] with a
+    float32 `<name>_scale_inv` [ceil(out/128), ceil(in/128)]. Any other quantisation raises naming the key."""
+    q = hf.get("quantization_config")
+    if not q:
+        return None
+    if q.get("quant_method") != "fp8" or q.get("fmt", "e4m3") != "e4m3":
+        raise ValueError(f"config.json quantization_config={q!r}: only FP8 (quant_method 'fp8', fmt 'e4m3') with "
+                         "block scales is supported")
+    block = q.get("weight_block_size")
+    if not (isinstance(block, (list, tuple)) and len(block) == 2 and all(isinstance(b, int) and b > 0
+                                                                         for b in block)):
+        raise ValueError(f"config.json quantization_config.weight_block_size={block!r}: need [rows, cols] > 0")
+    return int(block[0]), int(block[1])
+
+
+SCALE_SUFFIX = "_scale_inv"
+
+
+class Fp8BlockSource:
+    """A TensorSource that dequantises FP8 weights as they are read: w = fp8.astype(float32) * scale_inv,
+    each scale covering a block of `block` = (rows, cols) elements of the [out, in] HF weight (edge blocks
+    partial). Only the slice asked for is read and dequantised (one device shard at a time), in float32;
+    the loader then casts to the parameter dtype. The `*_scale_inv` tensors are consumed, not listed."""
+
+    def __init__(self, source: TensorSource, block: tuple[int, int], where: str = "checkpoint"):
+        self.source, self.block = source, block
+        names = set(source.names())
+        self._scaled = {n[: -len(SCALE_SUFFIX)] for n in names if n.endswith(SCALE_SUFFIX)}
+        problems = []
+        for w in sorted(self._scaled):
+            if w not in names:
+                problems.append(f"scale {w + SCALE_SUFFIX!r} has no weight {w!r}")
+                continue
+            shape = tuple(source.shape(w))
+            want = tuple(-(-d // b) for d, b in zip(shape, block))
+            if len(shape) != 2 or tuple(source.shape(w + SCALE_SUFFIX)) != want:
+                problems.append(f"scale {w + SCALE_SUFFIX!r} has shape {tuple(source.shape(w + SCALE_SUFFIX))}; "
+                                f"weight {w!r} {shape} in blocks of {block} needs {want}")
+        if problems:
+            raise CheckpointError(f"{where}: FP8 block scales do not match their weights:\n  " + "\n  ".join(problems))
+        self._names = sorted(n for n in names if not (n.endswith(SCALE_SUFFIX) and n[: -len(SCALE_SUFFIX)] in names))
+
+    def names(self) -> list[str]:
+        return self._names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(name)
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        if name not in self._scaled:
+            return self.source.read(name, index)
+        shape = tuple(self.source.shape(name))
+        index = tuple(index or ()) + (slice(None),) * (2 - len(index or ()))
+        ranges = [s.indices(d) for s, d in zip(index, shape)]
+        if any(step != 1 for _, _, step in ranges):  # not a shard slice: dequantise all, then index
+            return self.read(name)[index]
+        w = self.source.read(name, index).astype(np.float32)
+        scale_index = tuple(slice(a // b, -(-b_stop // b)) for (a, b_stop, _), b in zip(ranges, self.block))
+        scale = self.source.read(name + SCALE_SUFFIX, scale_index).astype(np.float32)
+        for axis, ((a, stop, _), b) in enumerate(zip(ranges, self.block)):
+            offset = a - (a // b) * b
+            scale = np.repeat(scale, b, axis=axis).take(range(offset, offset + stop - a), axis=axis)
+        return w * scale
+
+
 def load_hf(directory: str | os.PathLike, mesh=None, *, dtype: str | None = None,
             param_dtype: str | None = None, rng_seed: int = 0):
-    """(cfg, graphdef, state) from an HF directory (config.json + safetensors), placed sharded on `mesh`."""
+    """(cfg, graphdef, state) from an HF directory (config.json + safetensors), placed sharded on `mesh`.
+
+    An FP8 checkpoint (DeepSeek-V3/R1 as released, `fp8_block_size`) is dequantised while it is read,
+    straight to the parameter dtype (`param_dtype`, default float32): no bf16 copy of it is needed."""
     directory = os.fspath(directory)
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.isfile(cfg_path):
@@ -530,6 +605,9 @@ def load_hf(directory: str | os.PathLike, mesh=None, *, dtype: str | None = None
     with open(cfg_path) as f:
         hf = json.load(f)
     source = SafetensorsSource(directory)
+    block = fp8_block_size(hf)
+    if block is not None:
+        source = Fp8BlockSource(source, block, where=directory)
     n_layers = hf.get("num_hidden_layers")
     has_mtp = any(n.startswith(f"model.layers.{n_layers}.") for n in source.names())
     cfg = config_from_hf(hf, has_mtp_weights=has_mtp, dtype=dtype, param_dtype=param_dtype)
