@@ -11,8 +11,11 @@ Variants (`--config configs/r1_zero.py:<variant>`):
             chatml_boxed prompt, where the base model is right about half of the time; float32 on a
             2-core CPU in under an hour
             (benchmarks/smollm2_cpu.sh; docs/benchmarks.md).
-  dsv3_pod  DeepSeek-V3 671B on a TPU v5p pod slice (mesh and batch sizes of a real run; check the fit
-            with launch/aot_compile.py before booking the pod).
+  dsv3_pod  DeepSeek-V3 671B on a TPU v5p-2048 slice (mesh and batch sizes of a real run; check the fit
+            with launch/aot_compile.py before booking the pod; docs/pod.md). Needs
+            --config.policy.path=<DeepSeek-V3-Base HF directory, FP8 as released> and
+            --config.data.path=<prompts .jsonl/.parquet>.
+  v2lite_pod  a 16B MoE (DeepSeek-V2-Lite shapes) on a v5p-128 slice; the same two paths.
 
 Every field can be overridden on the command line, e.g. `--config.grpo.group_size=16`. To start from
 another stage's result: `--config.policy.source=workdir --config.policy.path=runs/my_sft`.
@@ -124,32 +127,68 @@ def _smollm2_cpu(c: ConfigDict) -> ConfigDict:
     return c
 
 
-def _dsv3_pod(c: ConfigDict) -> ConfigDict:
-    # DeepSeek-V3 671B on a v5p-2048 slice (1024 chips): experts over 64, FSDP over 16; R1-Zero batch
-    # of 64 prompts x 16 samples (the paper's 32 x 16 would leave half of the 1024 batch shards idle).
-    # Not run here: checked by launch/aot_compile.py.
-    c.name = "r1_zero_dsv3_pod"
-    c.model.variant = "deepseek_v3_671b"
+def _pod(c: ConfigDict) -> ConfigDict:
+    """What every pod config shares (docs/pod.md): the dtype policy, the memory settings, and data and
+    weights paths that must be given on the command line (the fit check needs neither)."""
+    # dtype policy: float32 master weights (an FP8 checkpoint is dequantised straight to float32) with
+    # float32 gradients and Adam moments; matmuls and activations in bfloat16
     c.model.dtype = "bfloat16"
-    c.model.param_dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.overrides = ConfigDict(dict(
+        scan_layers=True,  # one compiled block per run of identical layers
+        remat=True, remat_policy="nothing_saveable",  # keep only each layer's residual stream for backward
+        moe_dispatch="all_to_all",  # tokens travel only to the expert shards that hold their experts
+        train_attention_block=1024,  # blockwise attention in training/scoring: no [B, H, T, T] scores
+    ))
     c.policy.source = "hf"
-    c.policy.path = "/gcs/deepseek-v3-base"
-    c.mesh.update(dict(data=1, fsdp=16, expert=64, tensor=1))
+    c.policy.path = ""  # required: a local HF checkpoint directory (FP8 as released is fine)
     c.data.task = "file"
-    c.data.path = "/gcs/r1-zero-prompts.jsonl"
-    c.data.prompts_per_step = 64
-    c.grpo.group_size = 16
-    c.grpo.beta = 0.001
+    c.data.path = ""  # required: the JSONL/Parquet file of R1-Zero prompts (data.fields maps its columns)
+    c.grpo.group_size = 16  # G (paper)
+    c.grpo.beta = 0.001  # paper
     c.rl.routing_replay = True  # MoE: train on the experts the sampler used (R3)
     c.rollout.max_prompt_len = 1024
-    c.rollout.max_new_tokens = 32768
+    c.optim.learning_rate = 3e-6  # paper
     c.reward.workers = 64
-    c.optim.learning_rate = 3e-6
-    c.rl.steps = 10000
+    c.eval.batch_prompts = 64
     return c
 
 
-VARIANTS = {"tiny": _tiny, "smollm2": _smollm2, "smollm2_cpu": _smollm2_cpu, "dsv3_pod": _dsv3_pod}
+def _dsv3_pod(c: ConfigDict) -> ConfigDict:
+    # DeepSeek-V3 671B on a v5p-2048 slice (v5p:8x8x16, 1024 chips): experts over 64, FSDP over 16. The
+    # paper's R1-Zero step is 32 prompts x 16 samples at up to 32,768 tokens (65,536 late in training);
+    # 32 prompts would leave half of the 1024 batch shards idle, so a step here is 64 x 16 = 1,024 rows.
+    # policy.path: the deepseek-ai/DeepSeek-V3-Base directory as released (config.json, FP8 safetensors with
+    # block scales, tokenizer.json). Fit measured by launch/aot_compile.py (docs/benchmarks.md § Pod fit).
+    c = _pod(c)
+    c.name = "r1_zero_dsv3_pod"
+    c.model.variant = "deepseek_v3_671b"
+    c.mesh.update(dict(data=1, fsdp=16, expert=64, tensor=1))
+    c.data.prompts_per_step = 64
+    c.rollout.max_new_tokens = 32768  # the paper's first stage; the longest that fits (docs/pod.md)
+    c.rl.steps = 10400  # R1-Zero's length in the paper
+    c.rl.ref_refresh_every = 400  # paper: π_ref replaced by the policy every 400 steps
+    return c
+
+
+def _v2lite_pod(c: ConfigDict) -> ConfigDict:
+    # A mid-size MoE (DeepSeek-V2-Lite shapes, 15.7B total / 2.4B active; r1jax.model.config "v2_lite_moe")
+    # on a v5p-128 slice (v5p:4x4x4, 64 chips): experts over 8, FSDP over 8; 32 prompts x 16 = 512 rows.
+    # The variant has V3's router, so start it from a workdir (e.g. an SFT of a converted model) or an HF
+    # directory in its layout.
+    c = _pod(c)
+    c.name = "r1_zero_v2lite_pod"
+    c.model.variant = "v2_lite_moe"
+    c.mesh.update(dict(data=1, fsdp=8, expert=8, tensor=1))
+    c.data.prompts_per_step = 32
+    c.rollout.max_new_tokens = 32768
+    c.rl.steps = 2000
+    c.rl.ref_refresh_every = 400
+    return c
+
+
+VARIANTS = {"tiny": _tiny, "smollm2": _smollm2, "smollm2_cpu": _smollm2_cpu, "dsv3_pod": _dsv3_pod,
+            "v2lite_pod": _v2lite_pod}
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -332,6 +332,19 @@ VARIANTS: dict[str, ModelConfig] = {
         routed_scaling_factor=2.5, rope_theta=10000.0, rope_scaling=_DEEPSEEK_V3_YARN, rope_interleave=True,
         rms_eps=1e-6, max_position_embeddings=163840, n_mtp=1, dtype="bfloat16", param_dtype="bfloat16",
     ),
+    # a mid-size pod MoE: DeepSeek-V2-Lite's shapes (15.7B total / 2.4B active; MLA without q_lora, 64 routed
+    # + 2 shared experts, 6 per token) with V3's sigmoid router (V2's softmax gate is not implemented, so
+    # V2-Lite's weights do not load into it); configs/r1_zero.py:v2lite_pod
+    "v2_lite_moe": ModelConfig(
+        arch="deepseek_v3", vocab_size=102400, d_model=2048, n_layers=27, n_heads=16, n_kv_heads=16,
+        mlp_dim=10944, attention="mla", q_lora_rank=None, kv_lora_rank=512, qk_nope_head_dim=128,
+        qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2, n_experts_per_tok=6,
+        moe_mlp_dim=1408, first_k_dense=1, n_group=1, topk_group=1, norm_topk_prob=False,
+        routed_scaling_factor=1.0, rope_theta=10000.0, rope_interleave=True, rms_eps=1e-6,
+        rope_scaling=RopeScaling(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32.0,
+                                 beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707),
+        max_position_embeddings=163840, dtype="bfloat16",
+    ),
 }
 
 

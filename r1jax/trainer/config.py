@@ -108,9 +108,16 @@ class ModelSpec:
     overrides: tuple[tuple[str, object], ...] = ()
     """ModelConfig fields replacing the variant's (--config.model.overrides.d_model=128)."""
     dtype: str = ""
-    """Compute dtype; "" = the variant's or the checkpoint's."""
+    """Compute dtype; "" = the variant's or the checkpoint's. Matmuls and activations run in it; norms,
+    softmax, log-probs and the loss stay float32. Pod configs: "bfloat16" (docs/pod.md § dtype policy)."""
     param_dtype: str = ""
-    """Parameter storage dtype; "" = the variant's or the checkpoint's."""
+    """Parameter storage dtype; "" = the variant's or the checkpoint's. The master weights: the loader
+    casts to it (an FP8 checkpoint is dequantised straight to it), the optimizer updates it, and the
+    gradients and Adam's moments take it too. An HF checkpoint's own is float32. Pod configs: "float32"."""
+    keep_mtp: bool = False
+    """Keep DeepSeek-V3's multi-token-prediction modules (§2.2) of a loaded policy. No stage has an
+    MTP loss, so by default they are dropped at load (n_mtp -> 0): V3's 11.6B MTP parameters and their
+    Adam state are not carried. Set True when a stage adds an MTP loss."""
 
     def resolve(self) -> ModelConfig:
         """The architecture named by the config (pretraining, the AOT fit check)."""
@@ -122,6 +129,10 @@ class ModelSpec:
         return build(ModelConfig, "model.overrides",
                      **{**dataclasses.asdict(base), "rope_scaling": base.rope_scaling, **dict(self.overrides),
                         "dtype": self.dtype or base.dtype, "param_dtype": self.param_dtype or base.param_dtype})
+
+    def carried(self, cfg: ModelConfig) -> ModelConfig:
+        """The architecture a stage carries of a policy `cfg`: without MTP modules unless keep_mtp."""
+        return cfg if self.keep_mtp or not cfg.n_mtp else dataclasses.replace(cfg, n_mtp=0)
 
     def apply_to(self, loaded: ModelConfig, where: str) -> ModelConfig:
         """A loaded checkpoint's config with the runtime settings of the config applied. The
@@ -356,7 +367,7 @@ def default_sections(shared=SHARED_SECTIONS, **stage_sections) -> ConfigDict:
     for any command)."""
     defaults = {
         "mesh": lambda: config_fields(MeshConfig),
-        "model": lambda: dict(variant="", overrides=ConfigDict(), dtype="", param_dtype=""),
+        "model": lambda: dict(variant="", overrides=ConfigDict(), dtype="", param_dtype="", keep_mtp=False),
         "policy": lambda: dict(source="workdir", path="", step=-1),
         "trainer": lambda: config_fields(StepConfig),
         "optim": lambda: config_fields(OptimConfig, drop=("total_steps",)),

@@ -71,6 +71,10 @@ def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
 
     Frozen parameters go through optax.multi_transform to set_to_zero, so they also hold no Adam
     moments and do not count in the clipping norm.
+
+    Dtypes (docs/pod.md § dtype policy): Adam's moments and the update take the parameters' dtype, so
+    float32 master weights (ModelSpec.param_dtype) get float32 moments whatever the compute dtype; the
+    pod fit check (launch/aot_compile.py) builds its optimizer state through this function.
     """
     decay_mask = jax.tree.map(lambda x: x.ndim >= 2, params)
     tx = optax.adamw(

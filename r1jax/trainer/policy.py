@@ -60,7 +60,7 @@ def smollm2_gguf_path() -> str:
 def load_policy(spec, model, mesh: Mesh) -> Policy:
     """spec: trainer.config.PolicySpec; model: trainer.config.ModelSpec (runtime settings and checks)."""
     if spec.source == "workdir":
-        return _load_workdir(spec.path, spec.step, model, mesh)
+        return drop_mtp(_load_workdir(spec.path, spec.step, model, mesh), model)
     if spec.source == "gguf":
         from r1jax.model.gguf_io import load_gguf
 
@@ -78,7 +78,31 @@ def load_policy(spec, model, mesh: Mesh) -> Policy:
     cfg = model.apply_to(cfg, path)
     graphdef = abstract_model(cfg)[0]  # runtime settings (remat, ...) live in the graph definition
     params, model_state = split_model_state(state)
-    return Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"{spec.source}:{path}")
+    return drop_mtp(Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"{spec.source}:{path}"), model)
+
+
+def planned_config(spec, model) -> ModelConfig:
+    """The ModelConfig `load_policy(spec, model, mesh)` gives a checkpoint of the architecture that
+    model.variant names, without reading one (launch/aot_compile.py checks a pod's fit with it): the
+    loaders' dtypes (an HF or GGUF file loads as float32 unless model.dtype / param_dtype say otherwise;
+    a workdir keeps its stored ones, taken here as the variant's), the runtime settings of `model`, and
+    the MTP modules dropped unless model.keep_mtp."""
+    arch = model.resolve()
+    if spec.source in ("hf", "gguf"):
+        arch = dataclasses.replace(arch, dtype=model.dtype or "float32", param_dtype=model.param_dtype or "float32")
+    return model.carried(model.apply_to(arch, f"{spec.source}:{spec.path}"))
+
+
+def drop_mtp(policy: Policy, model) -> Policy:
+    """The policy without its multi-token-prediction modules unless model.keep_mtp (ModelSpec.carried).
+    No stage trains an MTP loss, so they would only take memory: DeepSeek-V3's 11.6B parameters, their
+    gradients and Adam moments. The next stage's workdir records n_mtp = 0."""
+    cfg = model.carried(policy.model_cfg)
+    if cfg == policy.model_cfg:
+        return policy
+    keep = lambda state: nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(state) if p[0] != "mtp"])  # noqa: E731
+    return dataclasses.replace(policy, model_cfg=cfg, graphdef=abstract_model(cfg)[0], params=keep(policy.params),
+                               model_state=keep(policy.model_state))
 
 
 def _load_workdir(workdir: str, step: int, model, mesh: Mesh) -> Policy:
