@@ -14,8 +14,15 @@ routings differ.
 Dispatch is dropless: token-expert pairs are sorted by expert and run through a grouped matmul
 (`jax.lax.ragged_dot`), then unsorted and combined. `moe_einsum` (every expert on every token,
 masked by the gates) is the reference the tests hold it to. With an `expert` mesh axis > 1 the
-dispatch runs under shard_map: tokens are gathered over the expert axis, every shard applies its
-local experts, and psum_scatter returns each token's sum to its home shard.
+dispatch runs under shard_map, in one of two ways (ModelConfig.moe_dispatch):
+  "all_gather"  tokens are gathered over the expert axis, every shard applies its local experts, and
+                psum_scatter returns each token's sum to its home shard. Exact and dropless, but every
+                shard holds every token of the axis (temporaries grow with the expert axis).
+  "all_to_all"  each shard packs its (token, expert) assignments into one fixed-capacity buffer per
+                expert shard, all_to_all sends each buffer to its owner, the owner runs its experts
+                and all_to_all sends the rows back (GShard/Switch style). Temporaries scale with the
+                local tokens; assignments past a buffer's capacity are dropped (they contribute zero)
+                and MoEOut.dropped_frac reports the share.
 """
 
 from __future__ import annotations
@@ -112,6 +119,12 @@ def moe_einsum(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd):
     return jnp.einsum("ned,ne->nd", y.astype(jnp.float32), gates_ne).astype(x_nd.dtype)
 
 
+def _grouped_ffn(xs_md, sizes_e, w_gate_edf, w_up_edf, w_down_efd):
+    """SwiGLU of rows sorted by expert (sizes_e rows per expert, the rest after them) -> float32 [M, d]."""
+    h = jax.nn.silu(jax.lax.ragged_dot(xs_md, w_gate_edf, sizes_e)) * jax.lax.ragged_dot(xs_md, w_up_edf, sizes_e)
+    return jax.lax.ragged_dot(h, w_down_efd, sizes_e).astype(jnp.float32)
+
+
 def moe_ragged(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, expert_offset=0):
     """Dropless sort + ragged_dot over the experts [expert_offset, expert_offset + E_local);
     assignments to other experts contribute zero (they belong to another shard)."""
@@ -123,9 +136,7 @@ def moe_ragged(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, expert_offs
     order = jnp.argsort(key, stable=True)
     tok = order // k
     sizes = jnp.zeros((e_local + 1,), jnp.int32).at[key].add(1)[:e_local]
-    xs = x_nd[tok]
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, w_gate_edf, sizes)) * jax.lax.ragged_dot(xs, w_up_edf, sizes)
-    y = jax.lax.ragged_dot(h, w_down_efd, sizes).astype(jnp.float32)
+    y = _grouped_ffn(x_nd[tok], sizes, w_gate_edf, w_up_edf, w_down_efd)
     wts = jnp.where(local, w_nk.reshape(-1), 0.0)[order]
     y = jnp.where(local[order][:, None], y * wts[:, None], 0.0)
     return jnp.zeros((n, x_nd.shape[1]), jnp.float32).at[tok].add(y).astype(x_nd.dtype)
@@ -164,6 +175,103 @@ def moe_expert_parallel(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, me
     return y[:n]
 
 
+def a2a_capacity(n_local: int, k: int, n_shards: int, factor: float) -> int:
+    """Rows of one (source shard, expert shard) buffer: C = ceil(factor · n_local·K / n_shards), the
+    balanced share of a source's assignments times `factor`, rounded up to a multiple of 8 (whole
+    sublanes on TPU) and at most n_local·K (a shard never sends more; factor >= n_shards never drops)."""
+    c = math.ceil(factor * n_local * k / n_shards)
+    return max(1, min(-(-c // 8) * 8, n_local * k))
+
+
+def _expert_rows(x_md, e_m, w_gate_edf, w_up_edf, w_down_efd):
+    """Row i through local expert e_m[i] (sort + ragged_dot, unsorted back) -> float32 [M, d]; rows
+    whose e_m is outside [0, E_local) (empty buffer slots) give zero."""
+    e_local = w_gate_edf.shape[0]
+    valid = (e_m >= 0) & (e_m < e_local)
+    key = jnp.where(valid, e_m, e_local)
+    order = jnp.argsort(key, stable=True)
+    sizes = jnp.zeros((e_local + 1,), jnp.int32).at[key].add(1)[:e_local]
+    y = _grouped_ffn(x_md[order], sizes, w_gate_edf, w_up_edf, w_down_efd)
+    y = jnp.where(valid[order][:, None], y, 0.0)
+    return jnp.zeros_like(y).at[order].set(y)
+
+
+def _pack_slots(idx_nk, keep_n, e_local: int, n_shards: int, capacity: int):
+    """Where each (token, expert) assignment goes in the send buffer [n_shards · capacity].
+
+    Within one destination shard, assignments queue in the order (kept tokens first, then masked or
+    padding tokens; then token index; then slot k) and the first `capacity` get a row. -> slot_a int32
+    [N·K] (n_shards · capacity = dropped), src_m int32 [n_shards · capacity] (the assignment filling
+    each row; N·K = empty)."""
+    a = idx_nk.size
+    dest_a = idx_nk.reshape(-1) // e_local
+    late_a = jnp.repeat(~keep_n, idx_nk.shape[1]).astype(jnp.int32)
+    order = jnp.argsort(dest_a * 2 + late_a, stable=True)
+    count_s = jnp.zeros((n_shards,), jnp.int32).at[dest_a].add(1)
+    start_s = jnp.cumsum(count_s) - count_s
+    pos_a = jnp.zeros((a,), jnp.int32).at[order].set(jnp.arange(a, dtype=jnp.int32) - start_s[dest_a[order]])
+    slot_a = jnp.where(pos_a < capacity, dest_a * capacity + pos_a, n_shards * capacity)
+    src_m = jnp.full((n_shards * capacity + 1,), a, jnp.int32).at[slot_a].set(jnp.arange(a, dtype=jnp.int32))
+    return slot_a, src_m[:-1]
+
+
+def moe_all_to_all(x_nd, idx_nk, w_nk, w_gate_edf, w_up_edf, w_down_efd, mesh, capacity_factor: float,
+                   keep_n=None):
+    """moe_ragged with experts split over the `expert` mesh axis, tokens moved by all_to_all.
+
+    Tokens are split over every batch axis (padded as in moe_expert_parallel). Each shard packs its
+    assignments into one buffer of C = a2a_capacity(...) rows per expert shard (order: `_pack_slots`),
+    all_to_all delivers the buffers, each owner runs its experts on the rows it received, all_to_all
+    returns them, and the source sums them with its gate weights. Assignments past capacity are
+    dropped: they contribute exactly zero to the output and get no gradient (the token keeps its
+    other experts and the shared expert). keep_n: bool [N], the tokens that matter (mask; None = all);
+    the others queue last, so padding never takes a real token's row, and are not counted as drops.
+
+    -> (y_nd, dropped_frac): dropped_frac = float32 scalar, dropped kept-token assignments over all
+    kept-token assignments of the whole batch (0 when nothing dropped)."""
+    batch_axes = tuple(a for a in ("data", "fsdp", "expert") if a in mesh.axis_names)
+    n, k = idx_nk.shape
+    n_shards = mesh.shape["expert"]
+    e_local = w_gate_edf.shape[0] // n_shards
+    split = math.prod(mesh.shape[a] for a in batch_axes)
+    keep_n = jnp.ones((n,), bool) if keep_n is None else keep_n.astype(bool)
+    pad = -n % split
+    if pad:
+        x_nd = jnp.pad(x_nd, ((0, pad), (0, 0)))
+        idx_nk = jnp.pad(idx_nk, ((0, pad), (0, 0)))
+        w_nk = jnp.pad(w_nk, ((0, pad), (0, 0)))  # zero gates: padded rows contribute nothing
+        keep_n = jnp.pad(keep_n, (0, pad))  # and queue last
+    n_local = (n + pad) // split
+    capacity = a2a_capacity(n_local, k, n_shards, capacity_factor)
+
+    def local(x, idx, w, keep, wg, wu, wd):
+        a, d = idx.size, x.shape[1]
+        slot_a, src_m = _pack_slots(idx, keep, e_local, n_shards, capacity)
+        filled_m = src_m < a
+        src_m = jnp.minimum(src_m, a - 1)
+        x_send = jnp.where(filled_m[:, None], x[src_m // k], 0).astype(x.dtype)
+        e_send = jnp.where(filled_m, idx.reshape(-1)[src_m] % e_local, e_local)  # e_local = empty row
+        # row block j goes to expert shard j; what arrives is block i from source shard i
+        x_recv = jax.lax.all_to_all(x_send, "expert", 0, 0, tiled=True)
+        e_recv = jax.lax.all_to_all(e_send, "expert", 0, 0, tiled=True)
+        y_recv = _expert_rows(x_recv, e_recv, wg, wu, wd).astype(x.dtype)
+        y_back = jax.lax.all_to_all(y_recv, "expert", 0, 0, tiled=True)
+        y_a = jnp.concatenate([y_back, jnp.zeros((1, d), y_back.dtype)])[slot_a]  # dropped -> zero row
+        sent_a = slot_a < n_shards * capacity
+        gate_a = jnp.where(sent_a, w.reshape(-1), 0.0)
+        y = (y_a.astype(jnp.float32) * gate_a[:, None]).reshape(-1, k, d).sum(1).astype(x.dtype)
+        counted_a = jnp.repeat(keep, k)
+        dropped = jax.lax.psum(jnp.sum(counted_a & ~sent_a), batch_axes)
+        total = jax.lax.psum(jnp.sum(counted_a), batch_axes)
+        return y, dropped.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
+
+    tok, w_spec = P(batch_axes), P("expert")
+    y, dropped_frac = jax.shard_map(
+        local, mesh=mesh, in_specs=(tok, tok, tok, tok, w_spec, w_spec, w_spec), out_specs=(tok, P()),
+    )(x_nd, idx_nk, w_nk, keep_n, w_gate_edf, w_up_edf, w_down_efd)
+    return y[:n], jax.lax.stop_gradient(dropped_frac)
+
+
 def seq_aux_loss(scores_bte, idx_btk, mask_bt, cfg: ModelConfig):
     """Sequence-wise balance loss (DeepSeek-V3 eq. 17-20): α Σ_i f_i P_i per sequence, batch mean.
     f_i = N_r/(K_r T) · #tokens choosing i;  P_i = mean_t of the normalised affinity s_i / Σ_j s_j."""
@@ -186,6 +294,9 @@ class MoEOut(NamedTuple):
     """int32 [B, T, K]: the experts each token ran through (the replayed ids under replay)."""
     choice_btk: jax.Array
     """int32 [B, T, K]: the router's own choice (top-K of s + b); equals routing_btk without replay."""
+    dropped_frac: jax.Array
+    """float32 scalar, no gradient: the share of the (unmasked) token-expert assignments dropped for
+    lack of capacity (moe_dispatch="all_to_all" on an expert axis > 1); 0 on the dropless paths."""
 
 
 class MoE(nnx.Module):
@@ -226,18 +337,23 @@ class MoE(nnx.Module):
         choice_nk = idx_nk if given_nk is None else select_experts(scores_ne, bias_e, cfg)
         dt = cfg.jnp_dtype
         weights = tuple(w[...].astype(dt) for w in (self.w_gate, self.w_up, self.w_down))
+        mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt
         mesh = _active_mesh()
+        dropped_frac = jnp.zeros((), jnp.float32)
         if cfg.moe_impl == "einsum":
             y_nd = moe_einsum(x_nd, idx_nk, w_nk, *weights)
         elif mesh is not None and "expert" in mesh.axis_names and mesh.shape["expert"] > 1:
-            y_nd = moe_expert_parallel(x_nd, idx_nk, w_nk, *weights, mesh)
+            if cfg.moe_dispatch == "all_to_all":
+                y_nd, dropped_frac = moe_all_to_all(x_nd, idx_nk, w_nk, *weights, mesh, cfg.moe_capacity_factor,
+                                                    keep_n=mask_bt.reshape(-1) != 0)
+            else:
+                y_nd = moe_expert_parallel(x_nd, idx_nk, w_nk, *weights, mesh)
         else:
             y_nd = moe_ragged(x_nd, idx_nk, w_nk, *weights)
         y = y_nd.reshape(b, t, d)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x_btd)
 
-        mask_bt = jnp.ones((b, t), bool) if mask_bt is None else mask_bt
         m_n = mask_bt.reshape(-1).astype(jnp.float32)
         counts_e = jnp.zeros((cfg.n_routed_experts,), jnp.float32).at[idx_nk].add(
             jnp.broadcast_to(m_n[:, None], idx_nk.shape))
@@ -246,7 +362,8 @@ class MoE(nnx.Module):
             aux = seq_aux_loss(scores_ne.reshape(b, t, -1), idx_nk.reshape(b, t, -1), mask_bt, cfg)
         else:
             aux = jnp.zeros((), jnp.float32)
-        return MoEOut(y, jax.lax.stop_gradient(load_e), aux, idx_nk.reshape(b, t, -1), choice_nk.reshape(b, t, -1))
+        return MoEOut(y, jax.lax.stop_gradient(load_e), aux, idx_nk.reshape(b, t, -1), choice_nk.reshape(b, t, -1),
+                      dropped_frac)
 
 
 class Router(nnx.Module):
