@@ -7,11 +7,19 @@ then the query attends over the slots with mask `slot <= position` (`cached_atte
 cfg.attention_block slots with an online softmax, stopping after the block that holds the batch's
 furthest position, so a decode step reads the filled part of the cache, not all of it.
 
+Without a cache (training, scoring), cfg.train_attention_block > 0 runs `blockwise_attention`: the same
+online-softmax block step (`_online_step`) in static loops over query blocks and key blocks, with a
+flash-attention backward (`jax.custom_vjp`) that recomputes each tile's probabilities from the saved
+log-sum-exp, so neither pass holds [T, S] scores (memory linear in T); 0 keeps the dense [B, H, T, S]
+float32 scores.
+
 Scores and softmax are float32 (as transformers' eager attention); masked entries get a large
 finite negative rather than -inf, so a row with nothing visible (padding) stays finite.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +47,54 @@ def _probs(scores, mask_b1ts):
     return jax.nn.softmax(jnp.where(mask_b1ts, scores, _NEG), axis=-1)
 
 
+# ----------------------------------------------------------------------------- the shared core
+# Layout: queries q [B, T, K, G, D] (K key/value heads, G query heads per kv head), keys k [B, S, K, D].
+# A key part with K = 1 on a K > 1 query is shared by every head (MLA's rope key): its einsums drop
+# the head axis instead of broadcasting the key to K copies.
+
+
+def _part_scores(q_btkgd, k_bskd):
+    """float32 q . k -> [B, K, G, T, S]."""
+    if k_bskd.shape[2] == 1 and q_btkgd.shape[2] != 1:
+        return jnp.einsum("btkgd,bsd->bkgts", q_btkgd, k_bskd[:, :, 0], preferred_element_type=jnp.float32)
+    return jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd, preferred_element_type=jnp.float32)
+
+
+def _scores(q_parts, k_parts, scale: float):
+    """float32 [B, K, G, T, S] = sum_i q_i . k_i * scale (MLA: latent + rope parts)."""
+    return sum(_part_scores(q, k) for q, k in zip(q_parts, k_parts, strict=True)) * scale
+
+
+def _init_stats(q_btkgd, dv: int):
+    """Online-softmax statistics: running max m, running sum l [B, K, G, T], output acc [B, K, G, T, Dv]."""
+    b, t, kk, g = q_btkgd.shape[:4]
+    return (jnp.full((b, kk, g, t), _NEG, jnp.float32), jnp.zeros((b, kk, g, t), jnp.float32),
+            jnp.zeros((b, kk, g, t, dv), jnp.float32))
+
+
+def _online_step(stats, q_parts, k_blk_parts, v_blk_bskd, mask_bkgts, scale: float):
+    """One key block of the online softmax: folds softmax-weighted v_blk into (m, l, acc). Masked keys
+    contribute exactly 0, so a block a query cannot see leaves its statistics unchanged."""
+    m, total, acc = stats
+    sc = jnp.where(mask_bkgts, _scores(q_parts, k_blk_parts, scale), _NEG)
+    m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
+    p = jnp.where(mask_bkgts, jnp.exp(sc - m_new[..., None]), 0.0)
+    rescale = jnp.exp(m - m_new)
+    pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v_blk_bskd.dtype), v_blk_bskd,
+                    preferred_element_type=jnp.float32)
+    return m_new, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+
+
+def _finish(stats):
+    """-> (out float32 [B, T, K, G, Dv], lse float32 [B, K, G, T]). A query that saw nothing (l = 0)
+    gets out 0 and lse 0 (its recomputed probabilities are masked to 0 anyway), not NaN."""
+    m, total, acc = stats
+    seen = total > 0
+    out = acc / jnp.where(seen, total, 1.0)[..., None]
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, total, 1.0)), 0.0)
+    return jnp.transpose(out, (0, 3, 1, 2, 4)), lse
+
+
 def cached_attention(q_parts, k_parts, v_bskd, positions_bt, *, scale: float, block: int):
     """softmax(sum_i q_i . k_i * scale, mask slot <= position) @ v over the cache slots, in query-group
     layout: q_i [B, T, K, G, D_i], k_i [B, S, K, D_i] (several parts are summed: MLA's latent and rope
@@ -50,45 +106,181 @@ def cached_attention(q_parts, k_parts, v_bskd, positions_bt, *, scale: float, bl
     before; slots below the block's own start are masked out there. A dense pass otherwise (the same
     function; the blocked path differs from it only by float rounding).
     """
-    b, s = v_bskd.shape[:2]
+    s = v_bskd.shape[1]
     q_pos_b1t1 = positions_bt[:, None, None, :, None]
 
-    def scores(start, width):
-        """float32 [B, K, G, T, width] for slots start .. start + width (masked to slot <= position)."""
-        total = sum(
-            jnp.einsum("btkgd,bskd->bkgts", q, jax.lax.dynamic_slice_in_dim(k, start, width, axis=1),
-                       preferred_element_type=jnp.float32)
-            for q, k in zip(q_parts, k_parts, strict=True)
-        )
-        slot = start + jnp.arange(width, dtype=positions_bt.dtype)
-        return total * scale, slot <= q_pos_b1t1, slot
-
     if not 0 < block < s:
-        sc, mask, _ = scores(0, s)
-        p = _probs(sc, mask).astype(v_bskd.dtype)
+        slot = jnp.arange(s, dtype=positions_bt.dtype)
+        p = _probs(_scores(q_parts, k_parts, scale), slot <= q_pos_b1t1).astype(v_bskd.dtype)
         return jnp.einsum("bkgts,bskd->btkgd", p, v_bskd)
 
     def body(carry):
-        i, m, total, acc = carry
+        i, stats = carry
         start = jnp.minimum(i * block, s - block)
-        sc, mask, slot = scores(start, block)
-        mask &= slot >= i * block  # an overlapping last block: those slots were counted already
-        sc = jnp.where(mask, sc, _NEG)
-        m_new = jnp.maximum(m, jnp.max(sc, axis=-1))
-        p = jnp.where(mask, jnp.exp(sc - m_new[..., None]), 0.0)
-        rescale = jnp.exp(m - m_new)
+        slot = start + jnp.arange(block, dtype=positions_bt.dtype)
+        # an overlapping last block: the slots below i * block were counted already
+        mask = (slot <= q_pos_b1t1) & (slot >= i * block)
+        k_blk = [jax.lax.dynamic_slice_in_dim(k, start, block, axis=1) for k in k_parts]
         v_blk = jax.lax.dynamic_slice_in_dim(v_bskd, start, block, axis=1)
-        pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v_bskd.dtype), v_blk, preferred_element_type=jnp.float32)
-        return i + 1, m_new, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+        return i + 1, _online_step(stats, q_parts, k_blk, v_blk, mask, scale)
 
-    kk, g, t = q_parts[0].shape[2], q_parts[0].shape[3], positions_bt.shape[1]
     n_blocks = jnp.minimum(jnp.max(positions_bt) // block + 1, -(-s // block))
-    init = (jnp.int32(0), jnp.full((b, kk, g, t), _NEG, jnp.float32), jnp.zeros((b, kk, g, t), jnp.float32),
-            jnp.zeros((b, kk, g, t, v_bskd.shape[-1]), jnp.float32))
-    _, _, total, acc = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
-    # a query that sees no slot (total = 0) gets 0, not NaN; decode and prefill queries always see slot 0
-    out = acc / jnp.where(total > 0, total, 1.0)[..., None]
-    return jnp.transpose(out, (0, 3, 1, 2, 4)).astype(v_bskd.dtype)
+    init = (jnp.int32(0), _init_stats(q_parts[0], v_bskd.shape[-1]))
+    _, stats = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, init)
+    # decode and prefill queries always see slot 0; a query that sees nothing would get 0, not NaN
+    return _finish(stats)[0].astype(v_bskd.dtype)
+
+
+# ----------------------------------------------------------------------------- cache-free attention
+
+
+def _blocks(x_bs, block: int, fill):
+    """[B, S, ...] -> [S/block, B, block, ...] (S padded up to a multiple of block with `fill`)."""
+    b, s = x_bs.shape[:2]
+    n = -(-s // block)
+    x_bs = jnp.pad(x_bs, [(0, 0), (0, n * block - s)] + [(0, 0)] * (x_bs.ndim - 2), constant_values=fill)
+    return jnp.moveaxis(x_bs.reshape(b, n, block, *x_bs.shape[2:]), 1, 0)
+
+
+def _unblock(x_nbs, s: int):
+    """Inverse of _blocks: [n, B, block, ...] -> [B, S, ...]."""
+    n, b, blk = x_nbs.shape[:3]
+    return jnp.moveaxis(x_nbs, 0, 1).reshape(b, n * blk, *x_nbs.shape[3:])[:, :s]
+
+
+def _block_mask(qpos_bt, qseg_bt, kpos_bs, kseg_bs):
+    """[B, 1, 1, Tq, Sk] = `attention_mask` between a query block and a key block."""
+    mask = kpos_bs[:, None, :] <= qpos_bt[:, :, None]
+    if qseg_bt is not None:
+        mask &= kseg_bs[:, None, :] == qseg_bt[:, :, None]
+    return mask[:, None, None]
+
+
+def _split(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, block):
+    """The scanned inputs, in blocks of `block` tokens: queries (q parts, positions, segments) and keys
+    (k parts, v, positions, segments). Padded keys sit past every position and padded queries before
+    every position, so padding sees nothing and is seen by nothing."""
+    i32 = jnp.iinfo(positions_bt.dtype)
+    seg = (lambda fill: None) if segment_ids_bt is None else (lambda fill: _blocks(segment_ids_bt, block, fill))
+    qx = (tuple(_blocks(q, block, 0) for q in q_parts), _blocks(positions_bt, block, i32.min), seg(0))
+    kx = (tuple(_blocks(k, block, 0) for k in k_parts), _blocks(v_bskd, block, 0),
+          _blocks(positions_bt, block, i32.max), seg(0))
+    return qx, kx
+
+
+def _blockwise_fwd_pass(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale, block):
+    """-> (out [B, T, K, G, Dv] in v's dtype, lse float32 [T/block, B, K, G, block]): for each query block
+    (lax.map) a scan over the key blocks."""
+    qx, kx = _split(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, block)
+
+    def query_block(qx_c):
+        q_c, qpos, qseg = qx_c
+
+        def body(stats, kx_j):
+            k_blk, v_blk, kpos, kseg = kx_j
+            return _online_step(stats, q_c, k_blk, v_blk, _block_mask(qpos, qseg, kpos, kseg), scale), None
+
+        stats, _ = jax.lax.scan(body, _init_stats(q_c[0], v_bskd.shape[-1]), kx)
+        out, lse = _finish(stats)
+        return out.astype(v_bskd.dtype), lse
+
+    out_n, lse_n = jax.lax.map(query_block, qx)
+    return _unblock(out_n, positions_bt.shape[1]), lse_n
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _blockwise(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale, block):
+    return _blockwise_fwd_pass(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale, block)[0]
+
+
+def _blockwise_fwd(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale, block):
+    out, lse_n = _blockwise_fwd_pass(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale, block)
+    return out, (q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, out, lse_n)
+
+
+def _blockwise_bwd(scale, block, res, d_out_btkgd):
+    """Flash-attention backward: per (query block, key block), p = exp(s - lse) is recomputed; with
+    D = rowsum(dO * O), ds = p * (dO . v - D). The outer scan over query blocks carries dk / dv of every
+    key (float32, [B, S, ...]); the inner scan over key blocks carries the query block's dq. Memory: one
+    [block, block] tile of scores per head, never [T, S]."""
+    q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, out, lse_n = res
+    t = positions_bt.shape[1]
+    qx, kx = _split(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, block)
+    delta_btkg = jnp.einsum("btkgd,btkgd->btkg", d_out_btkgd.astype(jnp.float32), out.astype(jnp.float32))
+    do_n = jnp.transpose(_blocks(d_out_btkgd, block, 0), (0, 1, 3, 4, 2, 5))  # [n, B, K, G, block, Dv]
+    delta_n = jnp.transpose(_blocks(delta_btkg, block, 0), (0, 1, 3, 4, 2))  # [n, B, K, G, block]
+
+    def query_block(d_kv, xs):
+        (q_c, qpos, qseg), do_c, delta_c, lse_c = xs
+
+        def body(dq_parts, kx_j):
+            k_blk, v_blk, kpos, kseg = kx_j
+            mask = _block_mask(qpos, qseg, kpos, kseg)
+            p = jnp.where(mask, jnp.exp(_scores(q_c, k_blk, scale) - lse_c[..., None]), 0.0)
+            dv = jnp.einsum("bkgts,bkgtd->bskd", p.astype(v_bskd.dtype), do_c.astype(v_bskd.dtype),
+                            preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bkgtd,bskd->bkgts", do_c, v_blk, preferred_element_type=jnp.float32)
+            ds = p * (dp - delta_c[..., None]) * scale
+            dq_new, dk = [], []
+            for q, k, dq in zip(q_c, k_blk, dq_parts, strict=True):
+                ds_c = ds.astype(q.dtype)
+                if k.shape[2] == 1 and q.shape[2] != 1:  # a key shared by every head (see _part_scores)
+                    # (k first: XLA:CPU cannot run this bf16 x bf16 -> f32 dot with ds as the lhs)
+                    dq_new.append(dq + jnp.einsum("bsd,bkgts->btkgd", k[:, :, 0], ds_c,
+                                                  preferred_element_type=jnp.float32))
+                    dk.append(jnp.einsum("bkgts,btkgd->bsd", ds_c, q, preferred_element_type=jnp.float32)[:, :, None])
+                else:
+                    dq_new.append(dq + jnp.einsum("bkgts,bskd->btkgd", ds_c, k, preferred_element_type=jnp.float32))
+                    dk.append(jnp.einsum("bkgts,btkgd->bskd", ds_c, q, preferred_element_type=jnp.float32))
+            return tuple(dq_new), (tuple(dk), dv)
+
+        dq0 = tuple(jnp.zeros(q.shape, jnp.float32) for q in q_c)
+        dq_c, d_kv_c = jax.lax.scan(body, dq0, kx)
+        return jax.tree.map(jnp.add, d_kv, d_kv_c), dq_c
+
+    d_kv0 = (tuple(jnp.zeros(k.shape, jnp.float32) for k in kx[0]), jnp.zeros(kx[1].shape, jnp.float32))
+    (dk_n, dv_n), dq_n = jax.lax.scan(query_block, d_kv0, (qx, do_n, delta_n, lse_n))
+    dq = tuple(_unblock(d, t).astype(q.dtype) for d, q in zip(dq_n, q_parts, strict=True))
+    dk = tuple(_unblock(d, t).astype(k.dtype) for d, k in zip(dk_n, k_parts, strict=True))
+    # integer positions / segment ids have no cotangent
+    return dq, dk, _unblock(dv_n, t).astype(v_bskd.dtype), None, None
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt=None, *, scale: float,
+                        block: int):
+    """Cache-free causal attention (queries and keys are the same T tokens) in blocks of `block` tokens:
+    softmax(sum_i q_i . k_i * scale, `attention_mask`) @ v, layout as `cached_attention` (q_i
+    [B, T, K, G, D_i]; k_i [B, T, K, D_i], or [B, T, 1, D_i] for a key shared by all K heads; v
+    [B, T, K, Dv]) -> [B, T, K, G, Dv] in v's dtype.
+
+    Static loops (so it is reverse-differentiable) over ceil(T / block) query blocks and, inside, key
+    blocks, sharing `_online_step` with cached_attention; a custom VJP recomputes each tile's
+    probabilities from the saved float32 log-sum-exp. Compiled memory is O(B T H D) (residuals q, k, v,
+    out, lse and the float32 dq / dk / dv accumulators) + O(B H block^2) (one tile of scores): linear in
+    T. Every tile is computed, masked or not: the FLOPs are the dense ones. A query that sees no key
+    (none does under `attention_mask`, each sees itself) gets 0 and zero gradients.
+    """
+    block = min(block, v_bskd.shape[1])
+    return _blockwise(tuple(q_parts), tuple(k_parts), v_bskd, positions_bt, segment_ids_bt, scale, block)
+
+
+def dense_attention(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt=None, *, scale: float):
+    """The same function as blockwise_attention through dense [B, K, G, T, T] float32 scores."""
+    mask = attention_mask(positions_bt, segment_ids_bt)[:, None, None]
+    p = _probs(_scores(q_parts, k_parts, scale), mask).astype(v_bskd.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", p, v_bskd)
+
+
+def self_attention(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt=None, *, scale: float, block: int):
+    """The cache-free forward's attention: blockwise when block > 0 (cfg.train_attention_block), else
+    dense."""
+    if block > 0:
+        return blockwise_attention(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale=scale,
+                                   block=block)
+    return dense_attention(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, scale=scale)
 
 
 def _write(cache_bs, new_bt, positions_bt):
@@ -130,11 +322,9 @@ class GQAttention(nnx.Module):
             o = cached_attention((q,), (cache["k"],), cache["v"], positions_bt, scale=cfg.softmax_scale,
                                  block=cfg.attention_block)
             return self.o_proj(o.reshape(b, t, h * d)), cache
-        mask = attention_mask(positions_bt, segment_ids_bt)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, kk, preferred_element_type=jnp.float32)
-        p = _probs(scores * cfg.softmax_scale, mask[:, None, None]).astype(v.dtype)
-        o = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(b, t, h * d)
-        return self.o_proj(o), cache
+        o = self_attention((q,), (kk,), v, positions_bt, segment_ids_bt, scale=cfg.softmax_scale,
+                           block=cfg.train_attention_block)
+        return self.o_proj(o.reshape(b, t, h * d)), cache
 
 
 class MLAttention(nnx.Module):
@@ -189,11 +379,10 @@ class MLAttention(nnx.Module):
         if cache is None:
             kv = self.kv_b_proj(c_btr).reshape(b, t, h, nope + dv)
             k_nope, v = kv[..., :nope], kv[..., nope:]
-            scores = (jnp.einsum("bthn,bshn->bhts", q_nope, k_nope, preferred_element_type=jnp.float32)
-                      + jnp.einsum("bthe,bse->bhts", q_rope, k_rope_bte, preferred_element_type=jnp.float32))
-            mask = attention_mask(positions_bt, segment_ids_bt)
-            p = _probs(scores * cfg.softmax_scale, mask[:, None]).astype(v.dtype)
-            o = jnp.einsum("bhts,bshv->bthv", p, v)
+            # every head its own key/value head (K = h, G = 1); the rope key is one key shared by all
+            o = self_attention((q_nope[:, :, :, None], q_rope[:, :, :, None]), (k_nope, k_rope_bte[:, :, None]),
+                               v, positions_bt, segment_ids_bt, scale=cfg.softmax_scale,
+                               block=cfg.train_attention_block)[:, :, :, 0]
         else:
             cache = {"c_kv": _write(cache["c_kv"], c_btr, positions_bt),
                      "k_rope": _write(cache["k_rope"], k_rope_bte, positions_bt)}
