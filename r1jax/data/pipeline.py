@@ -6,7 +6,7 @@ Both return a `grain.MapDataset`; `it = iter(ds)` is the iterator, `it.get_state
 
 RL prompts: every prompt is tokenised once when the dataset is built (prompt sets are small; this
 checks every length up front, so over-long prompts are reported before step 0, never mid-run).
-Order: shard by process -> shuffle (seed; a new permutation every epoch) -> repeat -> batch.
+Order: shuffle (seed; a new permutation every epoch) -> repeat -> batch; the same batches on every process.
 
 SFT: tokenised lazily (SFT sets can be large) -> loss mask on the response tokens -> truncation
 policy -> first-fit packing into rows of seq_len with segment ids and per-segment positions.
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class PromptPipelineConfig:
-    batch_size: int  # prompts per process per step (before the G samples of each)
+    batch_size: int  # prompts per step, on every process (before the G samples of each)
     max_prompt_len: int  # tokens; a longer prompt is an error (on_error="fail") or skipped and counted
     template: str = "r1_zero"
     seed: int = 0
@@ -85,11 +85,13 @@ def make_prompt_dataset(
     process_count: int | None = None,
     batched: bool = True,
 ) -> tuple[grain.MapDataset, PromptStats]:
-    """Per-process dataset of PromptBatch. Processes see disjoint shards that together cover the
-    (kept) prompts; pass process_index/count explicitly to simulate hosts, default jax's.
+    """Dataset of PromptBatch. By default every process builds the same global batches: prompts are
+    few and small, and with the whole batch on every host the sampler places each device's rows
+    (multihost.put), every host can log and evaluate every row, and the iterator state is one state.
+    process_index/count given: process i sees only the disjoint shard i::count of the (kept) prompts.
     batched=False: the (tokens, example) items before batching (to mix sources)."""
     if process_index is None or process_count is None:
-        process_index, process_count = jax.process_index(), jax.process_count()
+        process_index, process_count = 0, 1
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
 

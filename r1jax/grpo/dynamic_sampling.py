@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from r1jax.grpo.advantages import informative_groups
+from r1jax.parallel import multihost
 from r1jax.reward import RewardBatch
 from r1jax.rollout import Rollout
 
@@ -37,7 +38,8 @@ def fill_informative_groups(first, draw, group_size: int, max_rounds: int):
             return {k: gather(lambda src, k=k: field_values(src)[k]) for k in first_value}
         if isinstance(first_value, list):
             return [x for src, g in chosen for x in rows(field_values(src), g)]
-        return np.concatenate([rows(np.asarray(field_values(src)), g) for src, g in chosen])
+        # the whole rows of every process (multihost.fetch): the refilled batch is the same everywhere
+        return np.concatenate([rows(np.asarray(multihost.fetch(field_values(src))), g) for src, g in chosen])
 
     def take(index: int, cls):
         return cls(**{f.name: gather(lambda src, n=f.name: getattr(src[index], n))

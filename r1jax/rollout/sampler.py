@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from r1jax.model.api import cache_shardings, state_shardings
 from r1jax.model.transformer import main_moe_layers
+from r1jax.parallel import multihost
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec, shard
 from r1jax.rollout import sampling as sampling_lib
 from r1jax.rollout import stops
@@ -354,7 +355,7 @@ class Sampler:
         if key not in self._tables:  # built once, kept on device (the tokenizer is kept alive for its id)
             tables = stops.build_tables(sampling, vocab_size, tokenizer)
             where = None if self.mesh is None else NamedSharding(self.mesh, P())
-            self._tables[key] = (jax.device_put(tables, where), tokenizer)
+            self._tables[key] = (jax.device_put(tables) if where is None else multihost.put(tables, where), tokenizer)
         return self._tables[key][0]
 
     def _program(self, state, b, p_bucket, m_bucket, cache_len, sampling: SamplingParams, table_shapes,
@@ -398,11 +399,11 @@ class Sampler:
                 rep,
             )
             length = p_bucket + m_bucket
-            out_sh = dict(
+            out_sh = dict(  # the per-row scalars replicated: every process's host code reads them whole
                 tokens_bl=by_row(rows, length),
-                prompt_lens_b=by_row(rows),
-                completion_lens_b=by_row(rows),
-                finish_reason_b=by_row(rows),
+                prompt_lens_b=rep,
+                completion_lens_b=rep,
+                finish_reason_b=rep,
                 completion_mask_bl=by_row(rows, length),
                 logp_sampling_bl=by_row(rows, length),
                 logp_policy_bl=by_row(rows, length),
@@ -446,11 +447,11 @@ class Sampler:
         )
         if self.mesh is None:
             host = jax.device_put(host)
-        else:
+        else:  # every process holds the same prompt batch; each places only its own devices' rows
             rep = NamedSharding(self.mesh, P())
             by_row = lambda *shape: _rows_sharding(self.mesh, shape, self.rules)  # noqa: E731
-            host = jax.device_put(host, (by_row(*prompt_bp.shape), by_row(b), rep, rep, rep))
-            rng = jax.device_put(rng, rep)
+            host = multihost.put(host, (by_row(*prompt_bp.shape), by_row(b), rep, rep, rep))
+            rng = multihost.put(rng, rep)
         return program, (state, *host, tables, rng)
 
     def _mesh_context(self):
@@ -493,47 +494,62 @@ def _decode_texts(rollout: Rollout, tokenizer, sampling: SamplingParams, pad_id:
     The device automata find every ASCII stop string exactly; if the host text shows one the device
     missed (a non-ASCII string across partial UTF-8 tokens), the row's tokens are cut at the first
     token whose prefix decodes to contain it, so texts and arrays never disagree about where it ended.
+
+    Each process decodes the rows its own devices hold (multihost.owned_rows); texts and cuts are then
+    exchanged, so every process ends with every row's text and the same arrays.
     """
-    tokens, plens, clens, finish = jax.device_get(
-        (rollout.tokens_bl, rollout.prompt_lens_b, rollout.completion_lens_b, rollout.finish_reason_b)
-    )
+    rows = multihost.owned_rows(rollout.tokens_bl)
+    tokens = multihost.local_rows(rollout.tokens_bl, rows)
+    plens, clens, finish = (np.asarray(x)[rows] for x in jax.device_get(
+        (rollout.prompt_lens_b, rollout.completion_lens_b, rollout.finish_reason_b)))
     stop_strings, stop_ids = sampling.stop_strings, set(sampling.stop_token_ids)
-    texts, cut_rows = [], {}
-    for row in range(tokens.shape[0]):
-        comp = tokens[row, plens[row] : plens[row] + clens[row]].tolist()
-        ends_with_stop_id = finish[row] == FINISH_STOP and comp[-1] in stop_ids
+    texts, cuts = [], []
+    for j in range(len(rows)):
+        comp = tokens[j, plens[j] : plens[j] + clens[j]].tolist()
+        ends_with_stop_id = finish[j] == FINISH_STOP and comp[-1] in stop_ids
         text = tokenizer.decode(comp[:-1] if ends_with_stop_id else comp)
         end = stops.find_stop_string(text, stop_strings)
+        cut = -1
         if end is not None:
             earlier = stops.find_stop_string(tokenizer.decode(comp[:-1]), stop_strings) is not None
-            if finish[row] != FINISH_STOP or earlier:
-                k = next(
+            if finish[j] != FINISH_STOP or earlier:
+                cut = next(
                     k
                     for k in range(1, len(comp) + 1)
                     if stops.find_stop_string(tokenizer.decode(comp[:k]), stop_strings) is not None
                 )
-                cut_rows[row] = k
-                text = tokenizer.decode(comp[:k])
+                text = tokenizer.decode(comp[:cut])
                 end = stops.find_stop_string(text, stop_strings)
             text = text[:end]
         texts.append(text)
-    if not cut_rows:
-        return Rollout(**{**_arrays(rollout), "texts": texts})
-    arrays = {name: np.array(value) for name, value in jax.device_get(_arrays(rollout)).items()}  # writable
-    for row, k in cut_rows.items():
-        start = plens[row]
-        arrays["tokens_bl"][row, start + k :] = pad_id
-        for name in ("completion_mask_bl", "logp_sampling_bl", "logp_policy_bl"):
-            arrays[name][row, start + k :] = 0.0
-        if "routing_btlk" in arrays:  # past the completion: the fill value (experts 0..K-1)
-            arrays["routing_btlk"][row, start + k :] = np.arange(arrays["routing_btlk"].shape[-1])
-        arrays["completion_lens_b"][row] = k
-        arrays["finish_reason_b"][row] = FINISH_STOP
-    placed = {
-        name: jax.device_put(value, getattr(getattr(rollout, name), "sharding", None))
-        for name, value in arrays.items()
-    }
-    return Rollout(**placed, texts=texts)
+        cuts.append(cut)
+    n = rollout.num_rows
+    texts, cuts = zip(*multihost.gather_rows(rows, list(zip(texts, cuts)), n))
+    cut_b = np.asarray(cuts, np.int32)
+    if not (cut_b >= 0).any():
+        return Rollout(**{**_arrays(rollout), "texts": list(texts)})
+    return Rollout(**_cut_rows(_arrays(rollout), cut_b, pad_id), texts=list(texts))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _cut_rows(arrays: dict, cut_b, pad_id: int) -> dict:
+    """Ends row b's completion after cut_b[b] tokens (-1: unchanged), as a finished (stopped) row: the
+    tokens after it become padding, masks and log-probs 0, recorded routing the fill value (experts
+    0..K-1). Jitted on the arrays where they live: the same program on every process."""
+    cut = cut_b >= 0
+    start_b = arrays["prompt_lens_b"] + jnp.where(cut, cut_b, arrays["completion_lens_b"])
+    after_bl = cut[:, None] & (jnp.arange(arrays["tokens_bl"].shape[1])[None] >= start_b[:, None])
+    out = dict(arrays)
+    out["tokens_bl"] = jnp.where(after_bl, pad_id, arrays["tokens_bl"])
+    for name in ("completion_mask_bl", "logp_sampling_bl", "logp_policy_bl"):
+        out[name] = jnp.where(after_bl, 0.0, arrays[name])
+    if "routing_btlk" in arrays:
+        k = arrays["routing_btlk"].shape[-1]
+        out["routing_btlk"] = jnp.where(after_bl[:, :, None, None], jnp.arange(k, dtype=jnp.int32),
+                                        arrays["routing_btlk"])
+    out["completion_lens_b"] = jnp.where(cut, cut_b, arrays["completion_lens_b"])
+    out["finish_reason_b"] = jnp.where(cut, FINISH_STOP, arrays["finish_reason_b"]).astype(jnp.int32)
+    return out
 
 
 def _arrays(rollout: Rollout) -> dict:

@@ -133,6 +133,9 @@ def build(c, n_devices: int | None = None) -> RLSpec:
     C.require(spec.max_staleness >= 0, "rl.max_staleness", f"must be >= 0, got {spec.max_staleness}")
     C.require(not (spec.max_staleness and spec.dynamic_sampling), "rl.max_staleness",
               "asynchronous rollout with rl.dynamic_sampling is not supported (the refill draws depend on rewards)")
+    C.require(not (spec.max_staleness and jax.process_count() > 1), "rl.max_staleness",
+              "asynchronous rollout is single-process only (its rollout thread would issue collectives in a "
+              "different order on each process); set it to 0 for a multi-process job")
     n_devices = jax.device_count() if n_devices is None else n_devices
     C.require(0 <= spec.sampler_devices < n_devices, "rl.sampler_devices",
               f"must leave the trainer at least one of the {n_devices} devices, got {spec.sampler_devices}")

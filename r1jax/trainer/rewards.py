@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from r1jax import console
 from r1jax.data.templates import REWARD_FORMAT
+from r1jax.parallel import multihost
 from r1jax.reward import RewardBatch, RewardClient, start_local_server
 
 PRIMARY_SOURCE = "data"  # the source of the `data` config section, rewarded by `reward.weights`
@@ -33,6 +36,31 @@ def reward_client(spec):
         yield client
 
 
+def score_shared(score_fn, examples: list[dict], texts: list[str]) -> RewardBatch:
+    """score_fn over all rows, each process scoring its own share on its own reward server; every
+    process gets the whole RewardBatch (rows in order), so what follows (advantages, metrics) is the
+    same everywhere. On one process: score_fn(examples, texts)."""
+    if not multihost.is_multiprocess():
+        return score_fn(examples, texts)
+    part = multihost.share(len(texts))
+    mine = score_fn(examples[part], texts[part]) if texts[part] else None
+    return concat_batches([b for b in multihost.allgather(mine) if b is not None])
+
+
+def concat_batches(batches: list[RewardBatch]) -> RewardBatch:
+    """RewardBatches of consecutive rows as one (a component missing from a part is 0 there)."""
+    names = sorted({c for b in batches for c in b.components})
+    return RewardBatch(
+        rewards=np.concatenate([b.rewards for b in batches]),
+        components={c: np.concatenate([np.asarray(b.components.get(c, np.zeros(len(b.rewards), np.float32)))
+                                       for b in batches]) for c in names},
+        status=[x for b in batches for x in b.status],
+        valid=np.concatenate([np.asarray(b.valid, bool) for b in batches]),
+        details=[x for b in batches for x in b.details],
+        answers=None if any(b.answers is None for b in batches) else [a for b in batches for a in b.answers],
+    )
+
+
 class Scorer:
     """Scores completions of examples with the configured reward weights, graded against the output
     format of the prompt template."""
@@ -46,7 +74,7 @@ class Scorer:
                  "template": self.reward_format, "weights": self.weights} for ex, t in zip(examples, texts)]
 
     def __call__(self, examples: list[dict], texts: list[str]) -> RewardBatch:
-        return self.client.score(self.items(examples, texts))
+        return score_shared(lambda ex, t: self.client.score(self.items(ex, t)), examples, texts)
 
     def equivalence_classes(self, groups: list[list[str | None]]) -> list[list[int]]:
         return self.client.equivalence_classes(groups)

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from r1jax.model import state_shardings
+from r1jax.parallel import multihost
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
 
 
@@ -38,8 +39,15 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-    """Any pytree of [B, ...] arrays -> on device, rows split over the batch axes."""
-    return jax.device_put(batch, batch_sharding(mesh, rules))
+    """Any pytree of [B, ...] arrays whose value every process holds alike (host arrays or arrays already
+    on device) -> on device, rows split over the batch axes."""
+    return multihost.put(batch, batch_sharding(mesh, rules))
+
+
+def shard_local_batch(batch, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """A pytree of this process's rows (a host's share of a batch, processes in order) -> global arrays of
+    the rows of every process, split over the batch axes."""
+    return multihost.put_process_local(batch, batch_sharding(mesh, rules))
 
 
 def copy_tree(tree):
