@@ -197,7 +197,7 @@ RAW_TEXT = "raw"  # SFT template for pretraining: example["text"] as it is, loss
 
 @dataclasses.dataclass(frozen=True)
 class SFTPipelineConfig:
-    batch_size: int  # rows per process per step
+    batch_size: int  # rows per step, on every process
     seq_len: int  # tokens per row
     template: str = "r1"  # a prompt template (templates.TEMPLATES), or RAW_TEXT for free text
     seed: int = 0
@@ -280,10 +280,13 @@ def make_sft_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> tuple[grain.IterDataset, SFTStats]:
-    """Per-process dataset of SFTBatch (an IterDataset: packing consumes a variable number of
-    examples per row; its iterator state is still a JSON-able dict)."""
+    """Dataset of SFTBatch (an IterDataset: packing consumes a variable number of examples per row; its
+    iterator state is still a JSON-able dict). By default every process builds the same global batches
+    (as for prompts): packing then never lets hosts disagree on the number of steps, the iterator state is
+    one state, and each process places only its own devices' rows (multihost.put).
+    process_index/count given: process i packs only the examples i::count."""
     if process_index is None or process_count is None:
-        process_index, process_count = jax.process_index(), jax.process_count()
+        process_index, process_count = 0, 1
     stats = SFTStats()
     pad_id, L = tokenizer.pad_id, cfg.seq_len
 
