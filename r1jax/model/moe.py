@@ -379,15 +379,21 @@ class Router(nnx.Module):
 def update_router_bias(state, expert_load_le, rate: float):
     """Aux-loss-free balancing (DeepSeek-V3 §2.1.2): b_i += rate · sign(mean load − load_i), per MoE
     layer in order. `state` is an nnx.State holding the RouterBias variables (the full model state
-    or the non-param part); returns a new State. Pure: call it outside the gradient, inside jit."""
+    or the non-param part); returns a new State. Pure: call it outside the gradient, inside jit.
+    A RouterBias of the scanned layout (model/scan.py) is [L_run, E], one row per layer of its run,
+    and takes the next L_run rows of expert_load_le (the variables' path order is the layer order in
+    both layouts: layers/ or moe_layers/, then mtp/)."""
     flat = list(nnx.to_flat_state(state))
     paths = [i for i, (_, v) in enumerate(flat) if isinstance(v, RouterBias)]
-    if len(paths) != expert_load_le.shape[0]:
-        raise ValueError(f"update_router_bias: state has {len(paths)} RouterBias variables but "
+    n_rows = [1 if flat[i][1].ndim == 1 else flat[i][1].shape[0] for i in paths]
+    if sum(n_rows) != expert_load_le.shape[0]:
+        raise ValueError(f"update_router_bias: state has RouterBias variables for {sum(n_rows)} MoE layers but "
                          f"expert_load_le has {expert_load_le.shape[0]} rows (one per MoE layer expected)")
-    for row, i in enumerate(paths):
+    row = 0
+    for i, n in zip(paths, n_rows):
         path, var = flat[i]
-        load_e = expert_load_le[row].astype(jnp.float32)
-        new = var[...] + rate * jnp.sign(jnp.mean(load_e) - load_e)
+        load_le = expert_load_le[row:row + n].astype(jnp.float32).reshape(var.shape)
+        new = var[...] + rate * jnp.sign(jnp.mean(load_le, axis=-1, keepdims=True) - load_le)
         flat[i] = (path, var.replace(new))
+        row += n
     return nnx.from_flat_state(flat)

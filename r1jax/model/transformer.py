@@ -3,9 +3,15 @@
 `Transformer.__call__` returns final-normed hidden states, never logits: the GRPO loss computes
 log-probs in vocabulary chunks from `unembed_weight()` so [B, T, V] float32 never materialises.
 
-Layers are a Python loop, not an nnx.scan: DeepSeek-V3 mixes dense and MoE layers (different
-parameter trees), the per-layer KV caches differ in shape between GQA and MLA, and a loop keeps
-HF-style per-layer parameter names. Compile time is the price; scan is a later optimisation.
+Two layouts of the main stack (model/scan.py), chosen by `cfg.scan_layers`:
+- unrolled (default): `layers` is an nnx.List of blocks run by a Python loop; HF-style per-layer
+  parameter names, one compiled copy of the block per layer.
+- scanned: each run of identical blocks (DeepSeek-V3: the dense prefix, then the MoE layers) is one
+  block with stacked parameters ("layers" axis), and the cache-free forward is a jax.lax.scan over it.
+  Decoding with a cache loops over the layers with static slices of the stacked parameters, so the
+  cache stays a tuple of per-layer dicts of batch-leading arrays in both layouts (the sampler's contract).
+`cfg.remat` wraps each block (unrolled) or the scan body (scanned) in jax.checkpoint with
+`cfg.remat_policy` (`remat_policy`).
 
 Routing replay (R3): `routing_btlk` hands every MoE layer of the main stack the expert ids to use
 (moe.route: gates from the current scores at those ids, no selection, no bias), e.g. the ids the
@@ -27,6 +33,7 @@ from r1jax.model.attention import GQAttention, MLAttention
 from r1jax.model.config import ModelConfig
 from r1jax.model.layers import MLP, Embed, KeyStream, Linear, RMSNorm, rope_cos_sin
 from r1jax.model.moe import MoE
+from r1jax.model.scan import layer_runs, stack_modules
 from r1jax.parallel.rules import shard
 
 ACT = ("batch", "length", "embed")
@@ -78,7 +85,24 @@ class Block(nnx.Module):
         return shard(x_btd + y, ACT), cache, stats
 
 
-def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk):
+def remat_policy(cfg: ModelConfig):
+    """The jax.checkpoint policy named by cfg.remat_policy (config.REMAT_POLICIES).
+
+    "offload_dots_with_no_batch_dims" keeps the weight matmuls' outputs in pinned host memory
+    (`offload_dot_with_no_batch_dims("device", "pinned_host")`): it needs a backend with a
+    pinned_host memory space (TPU, GPU; jax 0.10's CPU client has one too, where it runs and gives the
+    same gradients but saves nothing, host memory being device memory there). It is used as named on
+    every backend, never replaced by another policy, so where XLA lacks host offloading the compile
+    fails rather than silently keeping the activations on the device."""
+    policies = jax.checkpoint_policies
+    if cfg.remat_policy == "offload_dots_with_no_batch_dims":
+        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    return {"nothing_saveable": policies.nothing_saveable,
+            "dots_saveable": policies.dots_saveable,
+            "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable}[cfg.remat_policy]
+
+
+def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk, cfg):
     """layer(...) under jax.checkpoint, as a pure function of the layer's split state (nnx.remat
     would try to write the RouterBias variable across trace levels)."""
     graphdef, state = nnx.split(layer)
@@ -86,7 +110,28 @@ def _checkpointed(layer: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, ma
     def run(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk):
         return nnx.merge(graphdef, state)(x_btd, positions_bt, cos_sin, segment_ids_bt, None, mask_bt, routing_btk)
 
-    return jax.checkpoint(run)(state, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_btk)
+    return jax.checkpoint(run, policy=remat_policy(cfg))(state, x_btd, positions_bt, cos_sin, segment_ids_bt,
+                                                         mask_bt, routing_btk)
+
+
+def _scan_run(block: Block, x_btd, positions_bt, cos_sin, segment_ids_bt, mask_bt, routing_lbtk, cfg):
+    """The layers of one run as jax.lax.scan over the stacked block's state (cache-free forward).
+    -> (x_btd, stats): stats None for a dense run, else the MoE stats with a leading layer axis
+    (load [L, E], aux [L], routing [L, B, T, K], choice [L, B, T, K] or None without replay)."""
+    graphdef, state = nnx.split(block)
+
+    def body(x_btd, xs):
+        layer_state, given_btk = xs
+        x_btd, _, stats = nnx.merge(graphdef, layer_state)(x_btd, positions_bt, cos_sin, segment_ids_bt, None,
+                                                           mask_bt, given_btk)
+        if stats is not None and given_btk is None:
+            stats = (*stats[:3], None, *stats[4:])  # without replay the choice is the routing: stack it once
+        return x_btd, stats
+
+    if cfg.remat:
+        # prevent_cse=False: inside scan the loop already keeps XLA from merging the recomputation away
+        body = jax.checkpoint(body, policy=remat_policy(cfg), prevent_cse=False)
+    return jax.lax.scan(body, x_btd, (state, routing_lbtk))
 
 
 class MTPModule(nnx.Module):
@@ -107,16 +152,36 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         rngs = KeyStream(rngs.params())
         self.embed_tokens = Embed(cfg, rngs=rngs)
-        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
+        if cfg.scan_layers:
+            # the blocks are drawn in layer order from the same stream as the unrolled layout, so one
+            # seed gives the same parameters in both (scanned = stack_layers(unrolled))
+            for run in layer_runs(cfg):
+                setattr(self, run.name, stack_modules([Block(cfg, i, rngs=rngs) for i in range(run.start, run.stop)]))
+        else:
+            self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.d_model, cfg)
         self.lm_head = (None if cfg.tie_word_embeddings
                         else Linear(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), cfg, rngs=rngs))
         self.mtp = nnx.List([MTPModule(cfg, rngs=rngs) for _ in range(cfg.n_mtp)])
 
+    def blocks(self):
+        """The main stack's blocks in layer order; under scan_layers each one a static slice of its
+        run's stacked parameters (for the cache path, which loops)."""
+        if not self.cfg.scan_layers:
+            yield from self.layers
+            return
+        for run in layer_runs(self.cfg):
+            graphdef, state = nnx.split(getattr(self, run.name))
+            for j in range(run.size):
+                yield nnx.merge(graphdef, jax.tree.map(lambda a, j=j: a[j], state))
+
     def init_cache(self, batch: int, max_len: int) -> tuple[dict, ...]:
-        """One dict per layer: GQA {k, v} [B, S, kv_heads, head_dim]; MLA {c_kv [B, S, d_c],
+        """One dict per layer (both layouts): GQA {k, v} [B, S, kv_heads, head_dim]; MLA {c_kv [B, S, d_c],
         k_rope [B, S, d_h^R]}. Slot = absolute position (docs/contracts.md)."""
-        return tuple(layer.self_attn.init_cache(batch, max_len) for layer in self.layers)
+        if not self.cfg.scan_layers:
+            return tuple(layer.self_attn.init_cache(batch, max_len) for layer in self.layers)
+        return tuple(getattr(self, run.name).self_attn.init_cache(batch, max_len)
+                     for run in layer_runs(self.cfg) for _ in range(run.size))
 
     def __call__(self, tokens_bt, positions_bt, segment_ids_bt=None, cache=None, routing_btlk=None):
         """-> (hidden_btd, new_cache or None, ModelAux). routing_btlk: int32 [B, T, L_r, K] expert ids
@@ -141,38 +206,64 @@ class Transformer(nnx.Module):
         mask_bt = None if segment_ids_bt is None else segment_ids_bt != 0
         cos_sin = rope_cos_sin(positions_bt, cfg)
         x = shard(self.embed_tokens(tokens_bt), ACT)
+        run_stack = self._scan_stack if cfg.scan_layers and cache is None else self._loop_stack
+        x, new_cache, (loads, aux_loss, used_btlk, choice_btlk) = run_stack(
+            x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk)
+        mtp_hidden = None
+        if len(self.mtp) and cache is None:
+            mtp_hidden, mtp_loads, mtp_aux = self._mtp(x, tokens_bt, positions_bt, cos_sin, segment_ids_bt,
+                                                       mask_bt)
+            loads += [load[None] for load in mtp_loads]
+            aux_loss = aux_loss + mtp_aux
+        elif len(self.mtp) and cfg.is_moe:
+            # decoding skips MTP; a uniform load row leaves its router bias unchanged under update_router_bias
+            loads += [jnp.full((len(self.mtp), cfg.n_routed_experts), 1.0 / cfg.n_routed_experts)]
+        load_le = jnp.concatenate(loads) if loads else jnp.zeros((0, cfg.n_routed_experts), jnp.float32)
+        hidden = self.norm(x)
+        # without replay the router's choice is what ran: one array, not two equal stacks
+        choice_btlk = used_btlk if routing_btlk is None else choice_btlk
+        return hidden, new_cache, ModelAux(load_le, aux_loss, mtp_hidden, used_btlk, choice_btlk)
+
+    def _loop_stack(self, x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk):
+        """The main stack as a Python loop over the blocks (unrolled layout, or any layout with a cache).
+        -> (x, new_cache or None, ([load [1, E] per MoE layer], aux, routing_btlk, choice_btlk))."""
+        cfg = self.cfg
         new_cache, loads, aux_loss = [], [], jnp.zeros((), jnp.float32)
         routing, choice = [], []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks()):
             given_btk = None if routing_btlk is None or not layer.is_moe else routing_btlk[:, :, len(routing)]
             if cfg.remat and cache is None:
                 x, layer_cache, stats = _checkpointed(layer, x, positions_bt, cos_sin, segment_ids_bt, mask_bt,
-                                                      given_btk)
+                                                      given_btk, cfg)
             else:
                 x, layer_cache, stats = layer(x, positions_bt, cos_sin, segment_ids_bt,
                                               None if cache is None else cache[i], mask_bt, given_btk)
             new_cache.append(layer_cache)
             if stats is not None:
-                loads.append(stats[0])
+                loads.append(stats[0][None])
                 aux_loss = aux_loss + stats[1]
                 routing.append(stats[2])
                 choice.append(stats[3])
-        mtp_hidden = None
-        if len(self.mtp) and cache is None:
-            mtp_hidden, mtp_loads, mtp_aux = self._mtp(x, tokens_bt, positions_bt, cos_sin, segment_ids_bt,
-                                                       mask_bt)
-            loads += mtp_loads
-            aux_loss = aux_loss + mtp_aux
-        elif len(self.mtp) and cfg.is_moe:
-            # decoding skips MTP; a uniform load row leaves its router bias unchanged under update_router_bias
-            loads += [jnp.full((cfg.n_routed_experts,), 1.0 / cfg.n_routed_experts)] * len(self.mtp)
-        load_le = jnp.stack(loads) if loads else jnp.zeros((0, cfg.n_routed_experts), jnp.float32)
-        hidden = self.norm(x)
         used_btlk = jnp.stack(routing, axis=2) if routing else None
-        # without replay the router's choice is what ran: one array, not two equal stacks
-        choice_btlk = used_btlk if routing_btlk is None or not choice else jnp.stack(choice, axis=2)
-        return hidden, (None if cache is None else tuple(new_cache)), ModelAux(
-            load_le, aux_loss, mtp_hidden, used_btlk, choice_btlk)
+        choice_btlk = jnp.stack(choice, axis=2) if choice else None
+        return x, None if cache is None else tuple(new_cache), (loads, aux_loss, used_btlk, choice_btlk)
+
+    def _scan_stack(self, x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk):
+        """The main stack as one jax.lax.scan per run of stacked blocks (scanned layout, no cache);
+        same result as _loop_stack. The MoE layers of the main stack form one run (moe_layer_freq=1),
+        so routing_btlk's layer axis is that run's scan axis."""
+        del cache
+        loads, aux_loss, used_btlk, choice_btlk = [], jnp.zeros((), jnp.float32), None, None
+        for run in layer_runs(self.cfg):
+            block = getattr(self, run.name)
+            given_lbtk = None if routing_btlk is None or not block.is_moe else jnp.moveaxis(routing_btlk, 2, 0)
+            x, stats = _scan_run(block, x, positions_bt, cos_sin, segment_ids_bt, mask_bt, given_lbtk, self.cfg)
+            if stats is not None:
+                loads.append(stats[0])
+                aux_loss = aux_loss + jnp.sum(stats[1])
+                used_btlk = jnp.moveaxis(stats[2], 0, 2)
+                choice_btlk = None if stats[3] is None else jnp.moveaxis(stats[3], 0, 2)
+        return x, None, (loads, aux_loss, used_btlk, choice_btlk)
 
     def _mtp(self, h_btd, tokens_bt, positions_bt, cos_sin, segment_ids_bt, mask_bt):
         """Sequential MTP: module k sees h^{k-1} and the embedding of the token k steps ahead."""

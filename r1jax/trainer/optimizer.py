@@ -91,5 +91,9 @@ def make_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
     )
     n_frozen = sum(label == "frozen" for label in jax.tree.leaves(labels))
     if n_frozen == 0:
-        raise ValueError(f"OptimConfig.frozen={cfg.frozen} matches no parameter path")
+        paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        hint = ("; under model.scan_layers the blocks are stacked, one path per run for all its layers "
+                "(dense_layers.<...>, moe_layers.<...>), so single layers cannot be frozen"
+                if any(p.startswith(("dense_layers.", "moe_layers.")) for p in paths) else "")
+        raise ValueError(f"OptimConfig.frozen={cfg.frozen} matches no parameter path{hint}")
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.data.tokenizer import HFTokenizer, load_tokenizer, save_tokenizer
-from r1jax.model import ModelConfig, abstract_model, state_shardings
+from r1jax.model import ModelConfig, abstract_model, state_shardings, to_layout
 from r1jax.model.config import config_from_dict, config_to_dict
 from r1jax.trainer.state import split_model_state
 
@@ -78,6 +78,8 @@ def load_policy(spec, model, mesh: Mesh) -> Policy:
     cfg = model.apply_to(cfg, path)
     graphdef = abstract_model(cfg)[0]  # runtime settings (remat, ...) live in the graph definition
     params, model_state = split_model_state(state)
+    if cfg.scan_layers:  # the importers build the unrolled layout
+        params, model_state = in_layout(cfg, params, model_state, mesh)
     return drop_mtp(Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"{spec.source}:{path}"), model)
 
 
@@ -119,8 +121,19 @@ def _load_workdir(workdir: str, step: int, model, mesh: Mesh) -> Policy:
     if cfg.param_dtype != stored.param_dtype:
         dtype = cfg.jnp_param_dtype
         params = jax.tree.map(lambda x: x.astype(dtype), params)
+    if cfg.scan_layers != stored.scan_layers:  # restored in the stored layout, run in the asked one
+        params, model_state = in_layout(cfg, params, model_state, mesh)
     graphdef = abstract_model(cfg)[0]
     return Policy(cfg, graphdef, params, model_state, tokenizer, origin=f"workdir:{workdir}@{chosen}")
+
+
+def in_layout(cfg: ModelConfig, params, model_state, mesh: Mesh):
+    """(params, model_state) of either layer layout in the one cfg.scan_layers asks for (model/scan.py),
+    placed in that layout's shardings by one jitted program (both layouts are held once, while it runs)."""
+    params_like, model_state_like = split_model_state(abstract_model(cfg)[1])
+    shardings = (state_shardings(params_like, mesh), state_shardings(model_state_like, mesh))
+    convert = jax.jit(lambda p, s: (to_layout(cfg, p), to_layout(cfg, s)), out_shardings=shardings)
+    return convert(params, model_state)
 
 
 def restore_policy_item(workdir: str, step: int, abstract, mesh: Mesh, path_field: str, step_field: str):
