@@ -17,6 +17,7 @@ setup(
         "flax>=0.12.8,<0.13",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11.0",
+        "etils[epath]>=1.7",  # every workdir path, local or gs://, as orbax reads and writes it
         "grain>=0.2.10",
         "sentencepiece>=0.2.0",
         "sympy>=1.13",
@@ -43,7 +44,10 @@ setup(
             "reasoning-gym>=0.1",
             "nbclient>=0.10",
             "ipykernel>=6",
+            "gcsfs>=2024.2",  # tests/checkpoint/test_remote_paths.py: a gs:// workdir ...
+            "gcp-storage-emulator>=2026.7.18",  # ... on a local fake GCS (orbax arrays through tensorstore too)
         ],
+        "gcs": ["gcsfs>=2024.2"],  # gs:// workdirs (launch/tpu_pod.sh): epath's gs:// backend without TensorFlow
         "notebooks": ["jupyterlab>=4", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
         "tensorboard": ["tensorboard>=2.15"],  # `tensorboard --logdir runs/` reads every run's tb/
         "dev": ["ruff>=0.6", "pytest>=8", "math-verify>=0.9"],  # math-verify: the reward benchmark's peer

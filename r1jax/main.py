@@ -293,7 +293,7 @@ def _run(command: str, config, overrides: dict, args) -> None:
 
     import jax
 
-    from r1jax import console
+    from r1jax import console, fileio
     from r1jax.fileio import write_atomic, write_json
     from r1jax.trainer import compilation
     from r1jax.trainer.config import PolicySpec, compile_spec
@@ -315,13 +315,13 @@ def _run(command: str, config, overrides: dict, args) -> None:
     def check(spec):
         _check_overrides(config, overrides, getattr(spec, "policy", None) or PolicySpec(source="pretrain"))
         if jax.process_index() == 0:  # only a config that passed every check is recorded
-            os.makedirs(workdir, exist_ok=True)
+            fileio.makedirs(workdir)  # workdir: a local path or a gs:// URI
             write_atomic(os.path.join(workdir, CONFIG_FILE), resolved(config))
 
     run_stage(command, config, workdir, check=check)
     wall_s, compiled = time.time() - t0, compilation.since(before)
     console.say("compile", compilation.summary_line(compiled))
-    if jax.process_index() == 0 and os.path.isdir(workdir):
+    if jax.process_index() == 0 and fileio.isdir(workdir):
         write_json(os.path.join(workdir, TIMING_FILE), {"command": command, "wall_s": round(wall_s, 2),
                                                           "compile": compiled})
     console.say("done", f"r1jax {command} in {console.duration(wall_s)}; everything is in {workdir}")
@@ -379,7 +379,7 @@ def _run_pipeline(config, args) -> None:
 
     import jax
 
-    from r1jax import console, pipeline
+    from r1jax import console, fileio, pipeline
     from r1jax.fileio import write_atomic, write_json
     from r1jax.trainer import compilation
     from r1jax.trainer.config import compile_spec
@@ -391,13 +391,13 @@ def _run_pipeline(config, args) -> None:
     before, t0 = compilation.totals(), time.time()
     console.say("r1jax pipeline", f"{workdir}  (config {os.path.relpath(_config_arg(sys.argv, 'pipeline'))})")
     console.say("devices", f"{jax.device_count()} × {jax.devices()[0].platform}, {jax.process_count()} process(es)")
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     write_atomic(os.path.join(workdir, CONFIG_FILE), resolved(config))
 
     def run_one(command: str, stage_config, stage_workdir: str):
         def check(spec):
             if jax.process_index() == 0:
-                os.makedirs(stage_workdir, exist_ok=True)
+                fileio.makedirs(stage_workdir)
                 write_atomic(os.path.join(stage_workdir, CONFIG_FILE), resolved(stage_config))
 
         t_stage, before_stage = time.time(), compilation.totals()
@@ -421,10 +421,11 @@ def _plot(argv) -> None:
     ap = argparse.ArgumentParser(prog="r1jax plot", description="The paper's views of a run, as PNG files.")
     ap.add_argument("run_dir")
     args = ap.parse_args(argv)
+    from r1jax import fileio
     from r1jax.metrics import plot_run
     from r1jax.pipeline import STATE_FILE, plot_stages
 
-    paths = (plot_stages(args.run_dir) if os.path.isfile(os.path.join(args.run_dir, STATE_FILE))
+    paths = (plot_stages(args.run_dir) if fileio.isfile(os.path.join(args.run_dir, STATE_FILE))
              else plot_run(args.run_dir))
     for path in paths:
         print(path)

@@ -7,19 +7,30 @@ continues without gaps or repeated steps.
 
 `start_step` is the first step the (resumed) run will write.
 
+A remote workdir (gs://bucket/run: an object store, which cannot append) keeps the rows in memory
+and writes each file whole, in one atomic put, at most every `flush_every_s` seconds, on `flush()`
+and on `close()`; the session flushes when it saves a checkpoint, so every step a checkpoint covers
+is in the object (a crash loses only rows that resume would drop anyway). TensorBoard events are
+written locally there and uploaded whole to `<workdir>/tb` at the same moments.
+
 `plot_run(workdir)` draws the views of the R1 paper: accuracy over steps (Figure 2), mean response
 length over steps (Figure 3) and the frequency of reflection words in completions (the "aha moment").
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import re
+import shutil
+import tempfile
+import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from r1jax import fileio
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -48,32 +59,8 @@ def reflection_rate(texts: Iterable[str]) -> float:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                # A run killed mid-write leaves at most one torn last line; anything else is corruption.
-                remaining = f.read().strip()
-                if remaining:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON") from None
-    return rows
-
-
-def _truncate_from_step(path: str, step: int) -> None:
-    """Keeps only rows with row['step'] < step (atomic rewrite)."""
-    rows = [r for r in read_jsonl(path) if r.get("step", -1) < step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    """Rows of a metrics or samples file (local or remote); a torn last line is dropped."""
+    return fileio.read_jsonl(path)
 
 
 def tensorboard_name(key: str) -> str:
@@ -85,21 +72,32 @@ def tensorboard_name(key: str) -> str:
 class MetricsWriter:
     """Host-side metrics sink (only process 0 writes)."""
 
-    def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool = True, tensorboard: bool = True,
+                 flush_every_s: float = 30.0):
         self.enabled = enabled
         self.path = os.path.join(workdir, METRICS_FILE)
         self.samples_path = os.path.join(workdir, SAMPLES_FILE)
+        self.remote = fileio.is_remote(workdir)
+        self.flush_every_s = flush_every_s
         self._tb = None
+        self._rows: dict[str, list[dict]] = {}  # remote: each file's rows, written whole by flush()
+        self._dirty: set[str] = set()
+        self._last_flush = time.monotonic()
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        fileio.makedirs(workdir)
         for p in (self.path, self.samples_path):
-            if os.path.exists(p):
-                _truncate_from_step(p, start_step)
+            # resume: keep only rows of steps before start_step (written back at once, atomically)
+            rows = read_jsonl(p)
+            kept = [r for r in rows if r.get("step", -1) < start_step]
+            if self.remote:  # objects are written whole: never a torn line
+                self._rows[p] = kept
+                if len(kept) != len(rows):
+                    fileio.write_jsonl(p, kept)
+            elif fileio.exists(p):  # also drops a torn last line, which an append would glue onto
+                fileio.write_jsonl(p, kept)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = _TensorBoard(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -110,21 +108,70 @@ class MetricsWriter:
             row[k] = v if math.isfinite(v) else str(v)
             if self._tb is not None and math.isfinite(v):
                 self._tb.add_scalar(tensorboard_name(k), v, step)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._add(self.path, [row])
 
     def write_samples(self, step: int, samples: list[dict]) -> None:
         if not self.enabled:
             return
-        with open(self.samples_path, "a", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps({"step": int(step), **s}, ensure_ascii=False) + "\n")
+        self._add(self.samples_path, [{"step": int(step), **s} for s in samples])
+
+    def _add(self, path: str, rows: list[dict]) -> None:
+        if not self.remote:
+            fileio.append_jsonl(path, rows)
+            return
+        self._rows[path].extend(rows)
+        self._dirty.add(path)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Remote: writes each changed file whole (one put); locally rows are on disk already."""
+        for path in sorted(self._dirty):
+            fileio.write_jsonl(path, self._rows[path])
+        self._dirty.clear()
+        self._last_flush = time.monotonic()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
+        self.flush()
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+
+
+class _TensorBoard:
+    """tensorboardX events for `logdir`. A remote logdir: events go to a local temporary directory and
+    each events file is uploaded whole (one put) on flush() and close(), the object-store way (no
+    append) for any scheme fileio writes, without a cloud client library."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self.remote = logdir if fileio.is_remote(logdir) else None
+        self.local = tempfile.mkdtemp(prefix="r1jax-tb-") if self.remote else logdir
+        self.writer = SummaryWriter(self.local)
+
+    def add_scalar(self, name: str, value: float, step: int) -> None:
+        self.writer.add_scalar(name, value, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._upload()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._upload()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def _upload(self) -> None:
+        if self.remote:
+            for name in sorted(os.listdir(self.local)):
+                with open(os.path.join(self.local, name), "rb") as f:
+                    fileio.write_atomic(os.path.join(self.remote, name), f.read())
 
 
 def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +180,13 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0), np.zeros(0)
     s, v = zip(*pts)
     return np.asarray(s), np.asarray(v, dtype=np.float64)
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as a PNG at `path` (local or remote), written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fileio.write_atomic(path, buf.getvalue())
 
 
 def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
@@ -146,7 +200,7 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
     if not rows:
         raise FileNotFoundError(f"{os.path.join(workdir, METRICS_FILE)} has no metrics to plot")
     out_dir = out_dir or os.path.join(workdir, "plots")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     views = [
         ("accuracy.png", "Accuracy during training (paper Fig. 2)", "accuracy",
          [("eval/pass@1", "held-out pass@1"), ("eval/cons@k", "held-out cons@k"),
@@ -176,6 +230,6 @@ def plot_run(workdir: str, out_dir: str | None = None) -> list[str]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, fname)
-        fig.savefig(path)
+        save_figure(fig, path)
         paths.append(path)
     return paths

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from ml_collections import ConfigDict
 
-from r1jax import console
+from r1jax import console, fileio
 from r1jax.fileio import read_jsonl, write_json, write_jsonl
 from r1jax.trainer.config import ConfigError, require
 
@@ -74,7 +74,7 @@ def _mix(params: dict, out_dir: str, seed: int) -> dict:
 
     rows, counts = [], {}
     for path in params["files"]:
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise FileNotFoundError(f"data step 'mix': {path} does not exist")
         part = read_jsonl(path)
         counts[path] = len(part)
@@ -190,17 +190,16 @@ def _configs_dir() -> str:
 
 def _state(workdir: str) -> dict:
     path = os.path.join(workdir, STATE_FILE)
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         return {"done": {}}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return fileio.read_json(path)
 
 
 def run(c: ConfigDict, workdir: str, run_stage: RunStage, load_config: LoadConfig, resolved: Callable) -> dict:
     """Runs the steps of `c` not yet finished in `workdir`, then the report. Every config is built and
     checked before the first step starts (a typo in the last stage fails in seconds, not an hour in)."""
     order = steps_of(c)
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     dirs = {name: os.path.join(workdir, name) for name in order}
     configs, earlier = {}, {}
     for name in order:
@@ -226,7 +225,7 @@ def run(c: ConfigDict, workdir: str, run_stage: RunStage, load_config: LoadConfi
         console.say("pipeline", f"── step {order.index(name) + 1}/{len(order)}: {name} ({c.steps[name].command}) "
                                 f"-> {dirs[name]}")
         t0 = time.time()
-        os.makedirs(dirs[name], exist_ok=True)
+        fileio.makedirs(dirs[name])
         if c.steps[name].command == "data":
             made = DATA_MAKERS[c.steps[name].make](json.loads(configs[name]), dirs[name], int(c.seed))
             console.say("data", f"{name}: {made}")
@@ -271,8 +270,7 @@ def report(c: ConfigDict, workdir: str, dirs: dict, run_stage: RunStage, load_co
         rows[name] = {key: first[key] for key, _ in COLUMNS if key in first}
     write_json(os.path.join(workdir, "report.json"), {"stages": rows, "columns": dict(COLUMNS)})
     table = stage_table(rows)
-    with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    fileio.write_atomic(os.path.join(workdir, "report.md"), table + "\n")
     console.say("report", "\n" + table)
     console.say("plots", "\n".join(plot_stages(workdir)))
     return rows
@@ -292,11 +290,12 @@ def plot_stages(workdir: str) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from r1jax.metrics import save_figure
+
     path = os.path.join(workdir, "report.json")
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"{path}: the pipeline has not written its report yet")
-    with open(path, encoding="utf-8") as f:
-        rows = json.load(f)["stages"]
+    rows = fileio.read_json(path)["stages"]
     names = list(rows)
     used = [(k, t) for k, t in COLUMNS if any(k in r for r in rows.values())]
     fig = Figure(figsize=(3.2 * len(used), 3.2), dpi=100)
@@ -310,6 +309,6 @@ def plot_stages(workdir: str) -> list[str]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = os.path.join(workdir, "plots")
-    os.makedirs(out, exist_ok=True)
-    fig.savefig(os.path.join(out, "stages.png"))
+    fileio.makedirs(out)
+    save_figure(fig, os.path.join(out, "stages.png"))
     return [os.path.join(out, "stages.png")]

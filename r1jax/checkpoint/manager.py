@@ -11,7 +11,9 @@ plus "data" (the data iterator's JSON state). `restore` reads only the items it 
 
 Atomicity is orbax's: a step is written into `<step>.orbax-checkpoint-tmp-*` and renamed to
 `<step>` only after every array and the metadata are on disk, so a crash mid-save leaves the
-previous step as the latest; a left-over tmp directory is never listed as a step.
+previous step as the latest; a left-over tmp directory is never listed as a step. On an object
+store (a gs:// directory) orbax cannot rename: it writes a `commit_success.txt` into a step last and
+lists only steps that have one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from r1jax import fileio
 
 
 def abstract_state(shardings, like):
@@ -41,7 +46,9 @@ class CheckpointManager:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True, create: bool = True):
         if keep < 1:
             raise ValueError(f"CheckpointManager: keep must be >= 1, got {keep}")
-        self.directory = os.path.abspath(os.fspath(directory))
+        directory = os.fspath(directory)
+        # a remote URI stays as it is (abspath would turn gs://b/run into ./gs:/b/run)
+        self.directory = directory if fileio.is_remote(directory) else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -49,9 +56,10 @@ class CheckpointManager:
             read_only=not create,
             cleanup_tmp_directories=True,
         )
-        if not create and not os.path.isdir(self.directory):
+        if not create and not fileio.isdir(self.directory):
             raise FileNotFoundError(f"CheckpointManager: no checkpoint directory {self.directory}")
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=(*ITEMS, "data"))
+        self._mgr = ocp.CheckpointManager(epath.Path(self.directory), options=options,
+                                          item_names=(*ITEMS, "data"))
 
     def save(self, step: int, items: dict, data_state: dict | None = None, force: bool = False) -> bool:
         """Starts an (async) save of `step`; the arrays are copied off-device before it returns, so

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import sentencepiece as spm
 import tokenizers
 
+from r1jax import fileio
 from r1jax.fileio import write_atomic
 
 # Tags of the R1 templates; as user-defined symbols of a trained SentencePiece model they become
@@ -58,8 +59,7 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, pad_id: int | None = None) -> SentencePieceTokenizer:
-        with open(path, "rb") as f:
-            return cls(f.read(), pad_id=pad_id)
+        return cls(fileio.read_bytes(path), pad_id=pad_id)
 
     @classmethod
     def train(
@@ -94,8 +94,7 @@ class SentencePieceTokenizer:
         return cls(out.getvalue())
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "wb") as f:
-            f.write(self.model_proto)
+        write_atomic(path, self.model_proto)
 
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text, out_type=int))
@@ -119,7 +118,7 @@ class HFTokenizer:
         pad_token: str | None = None,
     ):
         if not isinstance(tokenizer, tokenizers.Tokenizer):
-            tokenizer = tokenizers.Tokenizer.from_file(os.fspath(tokenizer))
+            tokenizer = tokenizers.Tokenizer.from_str(fileio.read_text(tokenizer))  # local or remote
         self._tok = tokenizer
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
         self.eos_id = self._token_id(eos_token, "eos_token")
@@ -191,8 +190,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike, *, for_tr
     comes last, and a tokenizer file of the other kind left by an earlier save is removed, so the
     directory always describes one tokenizer.
     """
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = os.fspath(directory)  # local or remote (gs://...): every file goes through fileio
+    fileio.makedirs(directory)
     if isinstance(tokenizer, SentencePieceTokenizer):
         files = {SENTENCEPIECE_MODEL_FILE: tokenizer.model_proto}
         if for_transformers:
@@ -223,8 +222,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike, *, for_tr
     for name, data in files.items():
         write_atomic(os.path.join(directory, name), data)
     for stale in (SENTENCEPIECE_MODEL_FILE, HF_TOKENIZER_FILE):
-        if stale not in files and os.path.exists(os.path.join(directory, stale)):
-            os.remove(os.path.join(directory, stale))
+        if stale not in files and fileio.exists(os.path.join(directory, stale)):
+            fileio.as_path(os.path.join(directory, stale)).unlink()
     write_atomic(os.path.join(directory, TOKENIZER_CONFIG_FILE), (json.dumps(config, indent=2) + "\n").encode())
 
 
@@ -235,14 +234,13 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     with the eos/bos/pad tokens its tokenizer_config.json names."""
     directory = os.fspath(directory)
     config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
-    if not os.path.isfile(config_path):
+    if not fileio.isfile(config_path):
         present = [f for f in (SENTENCEPIECE_MODEL_FILE, HF_TOKENIZER_FILE)
-                   if os.path.isfile(os.path.join(directory, f))]
+                   if fileio.isfile(os.path.join(directory, f))]
         raise FileNotFoundError(f"{directory}: no tokenizer directory: {TOKENIZER_CONFIG_FILE} is missing "
                                 f"(tokenizer files present: {present or 'none'}); write one with save_tokenizer")
     try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = fileio.read_json(config_path)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     record = config.get("r1jax")
@@ -285,10 +283,10 @@ def _load_hf_directory(directory: str, config: dict, config_path: str) -> HFToke
 
 
 def _read_tokenizers_file(path: str, config_path: str) -> tokenizers.Tokenizer:
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"{path}: missing (needed by {config_path})")
     try:
-        return tokenizers.Tokenizer.from_file(path)
+        return tokenizers.Tokenizer.from_str(fileio.read_text(path))
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
         raise ValueError(f"{path}: not a readable tokenizers file ({e})") from None
 

@@ -15,6 +15,7 @@ import math
 import os
 import re
 
+from r1jax import fileio
 from r1jax.evals.harness import EvalResult
 from r1jax.evals.metrics import pass_at_k_per_problem
 
@@ -116,20 +117,13 @@ def write_report(result: EvalResult, out_dir: str, name: str, settings: dict | N
         raise ValueError(f"name {name!r} must be a plain file stem (letters, digits, . _ - @ = +; no '/')")
     if settings is not None and not isinstance(settings, dict):
         raise ValueError(f"settings must be a dict or None, got {type(settings).__name__}")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     paths = {"json": os.path.join(out_dir, f"{name}.json"), "md": os.path.join(out_dir, f"{name}.md"),
              "samples": os.path.join(out_dir, f"{name}_samples.jsonl")}
     # allow_nan=False: a NaN would make the file invalid JSON; undefined values are null above
-    _atomic_write(paths["json"], json.dumps(summary(result, settings), indent=1, allow_nan=False) + "\n")
-    _atomic_write(paths["md"], markdown(result, name, settings))
-    _atomic_write(paths["samples"], "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+    # atomic: a reader (or a crash mid-write) never sees half a report
+    fileio.write_atomic(paths["json"], json.dumps(summary(result, settings), indent=1, allow_nan=False) + "\n")
+    fileio.write_atomic(paths["md"], markdown(result, name, settings))
+    fileio.write_atomic(paths["samples"], "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
                                             for row in sample_rows(result)))
     return paths
-
-
-def _atomic_write(path: str, text: str):
-    """A reader (or a crash mid-write) never sees half a report."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

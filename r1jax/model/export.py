@@ -8,7 +8,9 @@ Layout (docs/checkpoints.md § Export): the weights and config.json of `hf_io.sa
 also carries bos/eos/pad_token_id, and rope_theta / rope_scaling for transformers 4.x), the tokenizer
 files of `data.tokenizer.save_tokenizer`, and a generation_config.json with the same ids. Everything
 is written into a sibling `<dir>.tmp-<pid>-<hex>` and renamed into place at the end, so the final
-path holds a complete export or nothing new.
+path holds a complete export or nothing new. A remote `directory` (gs://...: no rename there) is
+exported into a local temporary directory and uploaded file by file (each one atomic), config.json
+last, so a reader that finds config.json finds the whole export.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 
 import jax
 
+from r1jax import fileio
 from r1jax.data.tokenizer import Tokenizer, save_tokenizer
 from r1jax.fileio import write_atomic
 from r1jax.model.config import ModelConfig
@@ -38,10 +42,17 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
     deleted (the final path is briefly absent, never half-written). With several processes every
     process calls this (the weight gathers are collective); process 0 writes.
     """
-    directory = os.path.abspath(os.fspath(directory))
+    directory = os.fspath(directory)
     _check_fits(cfg, tokenizer, directory)
-    if os.path.exists(directory) and not overwrite:
+    if fileio.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory}: already exists (export_hf(..., overwrite=True) replaces it)")
+    if fileio.is_remote(directory):
+        with tempfile.TemporaryDirectory(prefix="r1jax-export-") as local:
+            export_hf(os.path.join(local, "export"), cfg, state, tokenizer, max_shard_bytes=max_shard_bytes)
+            if jax.process_index() == 0:
+                _upload_dir(os.path.join(local, "export"), directory)
+        return
+    directory = os.path.abspath(directory)
     writer = jax.process_index() == 0
     tmp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -80,6 +91,19 @@ def _write_tokenizer_side(tmp: str, tokenizer: Tokenizer) -> None:
     config.update(ids)
     write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode())
     write_atomic(os.path.join(tmp, GENERATION_CONFIG_FILE), (json.dumps(ids, indent=2) + "\n").encode())
+
+
+def _upload_dir(local: str, directory: str) -> None:
+    """Copies the files of `local` to the remote `directory`, config.json last, then deletes files
+    there that the new export does not have (an overwritten export's other shards)."""
+    names = sorted(os.listdir(local), key=lambda n: (n == "config.json", n))
+    fileio.makedirs(directory)
+    for name in names:
+        with open(os.path.join(local, name), "rb") as f:
+            write_atomic(os.path.join(directory, name), f.read())
+    for old in fileio.as_path(directory).iterdir():
+        if old.name not in names and old.is_file():
+            old.unlink()
 
 
 def _replace_dir(tmp: str, directory: str) -> None:

@@ -10,9 +10,8 @@ The evaluation's completion budget (`eval.max_new_tokens`) is separate from trai
 from __future__ import annotations
 
 import dataclasses
-import os
 
-from r1jax import console
+from r1jax import console, fileio
 from r1jax.data.sources import TaskSpec, load_benchmark
 from r1jax.evals.report import write_report
 from r1jax.parallel.mesh import MeshConfig, make_mesh
@@ -56,7 +55,7 @@ def build(c) -> EvalStageSpec:
 
 
 def run(spec: EvalStageSpec, workdir: str, client) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     mesh = make_mesh(spec.mesh)
     policy = load_policy(spec.policy, spec.model, mesh)
     console.say("policy", policy.origin)

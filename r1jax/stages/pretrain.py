@@ -15,7 +15,7 @@ import dataclasses
 import os
 import time
 
-from r1jax import console
+from r1jax import console, fileio
 from r1jax.data.base_corpus import CorpusConfig, generate_corpus
 from r1jax.data.pipeline import RAW_TEXT, SFTPipelineConfig, make_sft_dataset
 from r1jax.data.sources import TaskSpec, load_splits
@@ -84,7 +84,7 @@ def build(c) -> PretrainSpec:
 
 def run(spec: PretrainSpec, workdir: str) -> str:
     """Pretrains into `workdir` (or finds it done); returns the workdir, a policy source."""
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     with Session(workdir, spec.mesh, keep=1) as session:
         if session.start_step >= spec.steps:
             console.say("base", f"already pretrained ({spec.steps} steps) in {workdir}")
@@ -95,7 +95,7 @@ def run(spec: PretrainSpec, workdir: str) -> str:
         t0 = time.time()
         docs = generate_corpus(spec.corpus, exclude_questions=[e["question"] for e in train + evals])
         tok_dir = os.path.join(workdir, TOKENIZER_DIR)
-        if os.path.isdir(tok_dir):
+        if fileio.isdir(tok_dir):
             tokenizer = load_tokenizer(tok_dir)
         else:
             # BPE across whitespace and punctuation: the corpus's fixed R1-Zero instruction becomes a few

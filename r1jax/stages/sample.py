@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from r1jax import console
+from r1jax import console, fileio
 from r1jax.data.cold_start import NotConvertible, cold_start_example
 from r1jax.data.pipeline import PromptPipelineConfig, make_prompt_dataset
 from r1jax.data.rejection import RejectionConfig, select
@@ -90,7 +90,7 @@ def build(c) -> SampleSpec:
 
 
 def run(spec: SampleSpec, workdir: str, client) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     mesh = make_mesh(spec.mesh)
     policy = load_policy(spec.policy, spec.model, mesh)
     train, evals, _ = load_splits(spec.task)
@@ -171,6 +171,6 @@ def _completed_batches(path: str) -> int:
     """Batches fully written; the rows of a batch cut off by a kill are dropped and the batch redone."""
     rows = read_jsonl(path)
     complete = {r["batch"] for r in rows if r.get("batch_end")}
-    if os.path.exists(path):  # rewritten without a torn last line or a cut-off batch before appending
+    if fileio.exists(path):  # rewritten without a torn last line or a cut-off batch before appending
         write_jsonl(path, [r for r in rows if r["batch"] in complete])
     return len(complete)

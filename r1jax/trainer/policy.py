@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from r1jax import fileio
 from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.data.tokenizer import HFTokenizer, load_tokenizer, save_tokenizer
 from r1jax.model import ModelConfig, abstract_model, state_shardings, to_layout
@@ -108,11 +108,10 @@ def drop_mtp(policy: Policy, model) -> Policy:
 
 
 def _load_workdir(workdir: str, step: int, model, mesh: Mesh) -> Policy:
-    record_path = os.path.join(workdir, POLICY_RECORD)
-    if not os.path.isfile(record_path):
+    record_path = os.path.join(workdir, POLICY_RECORD)  # workdir: a local path or a gs:// URI
+    if not fileio.isfile(record_path):
         raise FileNotFoundError(f"config.policy.path={workdir!r}: no {POLICY_RECORD}; not an r1jax stage workdir")
-    with open(record_path, encoding="utf-8") as f:
-        record = json.load(f)
+    record = fileio.read_json(record_path)
     stored = config_from_dict(record["model"], where=record_path)
     cfg = model.apply_to(stored, workdir)
     tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
@@ -159,10 +158,7 @@ def write_policy_record(workdir: str, policy: Policy, stage: str, **info) -> Non
     the `policy` item they make the workdir a policy source for the next stage."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     save_tokenizer(policy.tokenizer, os.path.join(workdir, TOKENIZER_DIR))
     record = {"stage": stage, "model": config_to_dict(policy.model_cfg), "started_from": policy.origin, **info}
-    tmp = os.path.join(workdir, POLICY_RECORD + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, POLICY_RECORD))
+    fileio.write_json(os.path.join(workdir, POLICY_RECORD), record)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -54,6 +53,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from r1jax import fileio
 from r1jax.data import templates
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.fileio import write_json
@@ -351,12 +351,11 @@ class RewardModel:
         """The reward model of a finished `r1jax rm` workdir (its latest checkpoint, or `step`), its
         parameters placed straight into their shardings on `mesh`."""
         path = os.path.join(workdir, REWARD_RECORD)
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise FileNotFoundError(f"{workdir!r}: no {REWARD_RECORD}; not an `r1jax rm` workdir")
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-        with open(os.path.join(workdir, POLICY_RECORD), encoding="utf-8") as f:
-            cfg = config_from_dict(json.load(f)["model"], where=os.path.join(workdir, POLICY_RECORD))
+        record = fileio.read_json(path)
+        cfg = config_from_dict(fileio.read_json(os.path.join(workdir, POLICY_RECORD))["model"],
+                               where=os.path.join(workdir, POLICY_RECORD))
         tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
         graphdef, abstract = abstract_reward_model(cfg)
         params, model_state, chosen = restore_policy_item(workdir, step, abstract, mesh, "reward model path",
