@@ -17,7 +17,8 @@ from etils import epath
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """True for a URI with a scheme (gs://bucket/run, s3://..., memory://...); file:// is local."""
+    """True for a URI with a scheme (gs://bucket/run, s3://...); file:// is local. epath knows gs://,
+    s3://, az:// and hf://; gs:// needs gcsfs (the `gcs` extra) or TensorFlow."""
     p = os.fspath(path)
     return "://" in p and not p.startswith("file://")
 
