@@ -14,6 +14,8 @@
   r1jax config   --print [--config FILE:VARIANT] [--config.FIELD=VALUE ...]: the resolved config
   r1jax export   WORKDIR OUT_DIR [--step N]: a stage's checkpoint -> HF safetensors directory
   r1jax plot     RUN_DIR: the paper's views of a run, as PNG files
+  r1jax launch   -n N [--cpu_devices K | --gpus_per_process K] -- COMMAND ...: N JAX processes on this
+                 machine running COMMAND together, as a pod's hosts do (r1jax/launcher.py)
 
 Stage commands take [--config FILE:VARIANT] [--workdir DIR] [--config.FIELD=VALUE ...] [--verbose]
 [--traceback]; `r1jax COMMAND --help` lists every config field with its default and meaning.
@@ -288,6 +290,29 @@ def _quiet_logs(verbose: bool) -> None:
     logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname)
 
 
+def _init_distributed(args) -> None:
+    """Multi-controller JAX: from the flags, from `r1jax launch`'s environment, or (--multihost) from the
+    cluster's own (TPU pods, SLURM, Kubernetes). CPU processes exchange collectives over gloo."""
+    import jax
+
+    from r1jax import launcher
+
+    env = os.environ
+    address = getattr(args, "coordinator_address", None) or env.get(launcher.ENV_COORDINATOR)
+    if not address and not getattr(args, "multihost", False):
+        return
+    heartbeat = {"heartbeat_timeout_seconds": int(env[launcher.ENV_HEARTBEAT])} if launcher.ENV_HEARTBEAT in env else {}
+    if env.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not address:
+        jax.distributed.initialize(**heartbeat)
+        return
+    n = getattr(args, "num_processes", None) or int(env[launcher.ENV_NUM_PROCESSES])
+    i = getattr(args, "process_id", None)
+    jax.distributed.initialize(coordinator_address=address, num_processes=n,
+                               process_id=int(env[launcher.ENV_PROCESS_ID]) if i is None else i, **heartbeat)
+
+
 def _run(command: str, config, overrides: dict, args) -> None:
     import time
 
@@ -299,11 +324,7 @@ def _run(command: str, config, overrides: dict, args) -> None:
     from r1jax.trainer.config import PolicySpec, compile_spec
 
     _quiet_logs(args.verbose)
-    if args.coordinator_address:
-        jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                   num_processes=args.num_processes, process_id=args.process_id)
-    elif args.multihost:
-        jax.distributed.initialize()  # TPU pods / SLURM / Kubernetes: all from the environment
+    _init_distributed(args)
     config.lock()
     workdir = args.workdir or os.path.join("runs", config.get("name", command))
     compilation.setup(compile_spec(config))  # before the first compilation: every stage gets the cache
@@ -385,6 +406,7 @@ def _run_pipeline(config, args) -> None:
     from r1jax.trainer.config import compile_spec
 
     _quiet_logs(args.verbose)
+    _init_distributed(args)
     config.lock()
     workdir = args.workdir or os.path.join("runs", config.get("name", "pipeline"))
     compilation.setup(compile_spec(config))
@@ -431,6 +453,12 @@ def _plot(argv) -> None:
         print(path)
 
 
+def _launch(argv) -> None:
+    from r1jax import launcher
+
+    launcher.main(argv)
+
+
 def run() -> None:
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
@@ -439,7 +467,8 @@ def run() -> None:
     command, rest = argv[0], argv[1:]
     if command in STAGES:
         return _stage(command, rest)
-    handlers = {"config": _config_command, "export": _export, "plot": _plot, "pipeline": _pipeline}
+    handlers = {"config": _config_command, "export": _export, "plot": _plot, "pipeline": _pipeline,
+                "launch": _launch}
     if command not in handlers:
         close = difflib.get_close_matches(command, [*STAGES, *handlers], n=1)
         print(f"r1jax: unknown command {command!r}" + (f"; did you mean {close[0]!r}?" if close else "")

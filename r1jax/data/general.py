@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from r1jax import fileio
 from r1jax.data import base_corpus
 from r1jax.data.templates import SPECIAL_TOKEN, format_r1_response
 from r1jax.fileio import write_jsonl
@@ -233,7 +234,7 @@ def general_sft_rows(n: int, seed: int, error_rate: float = 0.2, rude_rate: floa
 def write_preference_files(out_dir: str | os.PathLike, n_pairs: int = 2000, seed: int = 0) -> dict[str, str]:
     """Writes helpful.jsonl and harmless.jsonl (n_pairs rows each; columns id, prompt, chosen,
     rejected, kind, answer) into `out_dir`, atomically; returns {"helpful": path, "harmless": path}."""
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     paths = {}
     for which in ("helpful", "harmless"):
         paths[which] = os.path.join(os.fspath(out_dir), f"{which}.jsonl")

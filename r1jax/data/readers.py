@@ -11,8 +11,10 @@ and counted in the returned `ReadStats` (on_error="skip").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import io
 import json
 import logging
 import os
@@ -20,6 +22,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+
+from r1jax import fileio
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +96,10 @@ def _read_jsonl_rows(path, on_error: str, convert: Callable[[dict, int], dict]) 
     _check_on_error(on_error)
     stats = ReadStats(os.fspath(path))
     examples = []
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with contextlib.ExitStack() as stack:  # a local file or a remote object (gs://), gzipped or not
+        f = stack.enter_context(fileio.as_path(path).open("rb"))
+        if os.fspath(path).endswith(".gz"):
+            f = stack.enter_context(gzip.open(f, "rb"))
         for row, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
@@ -134,7 +140,7 @@ def _read_parquet_rows(path, on_error: str, wanted: list[str],
     _check_on_error(on_error)
     stats = ReadStats(os.fspath(path))
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path) else path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise DataError(path, None, f"not a readable Parquet file ({e})") from None
     missing = [c for c in wanted if c not in table.column_names]

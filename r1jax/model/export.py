@@ -15,6 +15,7 @@ last, so a reader that finds config.json finds the whole export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +44,10 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
     process calls this (the weight gathers are collective); process 0 writes.
     """
     directory = os.fspath(directory)
+    if cfg.scan_layers:  # HF names one tensor per layer: the unrolled layout
+        from r1jax.model.scan import unstack_layers
+
+        state, cfg = unstack_layers(cfg, state), dataclasses.replace(cfg, scan_layers=False)
     _check_fits(cfg, tokenizer, directory)
     if fileio.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory}: already exists (export_hf(..., overwrite=True) replaces it)")

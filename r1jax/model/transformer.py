@@ -56,6 +56,10 @@ class ModelAux(NamedTuple):
     """Same shape: each router's own top-K (with its selection bias). The same array as routing_btlk
     without replay; under replay, what the current router would have picked (router_disagreement
     against routing_btlk measures the mismatch replay removed, at the cost of one top-K per layer)."""
+    dropped_frac: jax.Array | None = None
+    """Scalar: mean over the MoE layers (MTP blocks included) of the fraction of routed (token, expert)
+    assignments the capacity-bounded all_to_all dispatch dropped (0 on the dropless paths); None for a
+    dense model."""
 
 
 def main_moe_layers(cfg: ModelConfig) -> int:
@@ -207,13 +211,14 @@ class Transformer(nnx.Module):
         cos_sin = rope_cos_sin(positions_bt, cfg)
         x = shard(self.embed_tokens(tokens_bt), ACT)
         run_stack = self._scan_stack if cfg.scan_layers and cache is None else self._loop_stack
-        x, new_cache, (loads, aux_loss, used_btlk, choice_btlk) = run_stack(
+        x, new_cache, (loads, aux_loss, used_btlk, choice_btlk, drops) = run_stack(
             x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk)
         mtp_hidden = None
         if len(self.mtp) and cache is None:
-            mtp_hidden, mtp_loads, mtp_aux = self._mtp(x, tokens_bt, positions_bt, cos_sin, segment_ids_bt,
-                                                       mask_bt)
+            mtp_hidden, mtp_loads, mtp_aux, mtp_drops = self._mtp(x, tokens_bt, positions_bt, cos_sin,
+                                                                  segment_ids_bt, mask_bt)
             loads += [load[None] for load in mtp_loads]
+            drops += [d[None] for d in mtp_drops]
             aux_loss = aux_loss + mtp_aux
         elif len(self.mtp) and cfg.is_moe:
             # decoding skips MTP; a uniform load row leaves its router bias unchanged under update_router_bias
@@ -222,14 +227,15 @@ class Transformer(nnx.Module):
         hidden = self.norm(x)
         # without replay the router's choice is what ran: one array, not two equal stacks
         choice_btlk = used_btlk if routing_btlk is None else choice_btlk
-        return hidden, new_cache, ModelAux(load_le, aux_loss, mtp_hidden, used_btlk, choice_btlk)
+        dropped = jnp.mean(jnp.concatenate(drops)) if drops else None
+        return hidden, new_cache, ModelAux(load_le, aux_loss, mtp_hidden, used_btlk, choice_btlk, dropped)
 
     def _loop_stack(self, x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk):
         """The main stack as a Python loop over the blocks (unrolled layout, or any layout with a cache).
         -> (x, new_cache or None, ([load [1, E] per MoE layer], aux, routing_btlk, choice_btlk))."""
         cfg = self.cfg
         new_cache, loads, aux_loss = [], [], jnp.zeros((), jnp.float32)
-        routing, choice = [], []
+        routing, choice, drops = [], [], []
         for i, layer in enumerate(self.blocks()):
             given_btk = None if routing_btlk is None or not layer.is_moe else routing_btlk[:, :, len(routing)]
             if cfg.remat and cache is None:
@@ -244,16 +250,17 @@ class Transformer(nnx.Module):
                 aux_loss = aux_loss + stats[1]
                 routing.append(stats[2])
                 choice.append(stats[3])
+                drops.append(stats[4][None])
         used_btlk = jnp.stack(routing, axis=2) if routing else None
         choice_btlk = jnp.stack(choice, axis=2) if choice else None
-        return x, None if cache is None else tuple(new_cache), (loads, aux_loss, used_btlk, choice_btlk)
+        return x, None if cache is None else tuple(new_cache), (loads, aux_loss, used_btlk, choice_btlk, drops)
 
     def _scan_stack(self, x, positions_bt, cos_sin, segment_ids_bt, cache, mask_bt, routing_btlk):
         """The main stack as one jax.lax.scan per run of stacked blocks (scanned layout, no cache);
         same result as _loop_stack. The MoE layers of the main stack form one run (moe_layer_freq=1),
         so routing_btlk's layer axis is that run's scan axis."""
         del cache
-        loads, aux_loss, used_btlk, choice_btlk = [], jnp.zeros((), jnp.float32), None, None
+        loads, aux_loss, used_btlk, choice_btlk, drops = [], jnp.zeros((), jnp.float32), None, None, []
         for run in layer_runs(self.cfg):
             block = getattr(self, run.name)
             given_lbtk = None if routing_btlk is None or not block.is_moe else jnp.moveaxis(routing_btlk, 2, 0)
@@ -263,11 +270,12 @@ class Transformer(nnx.Module):
                 aux_loss = aux_loss + jnp.sum(stats[1])
                 used_btlk = jnp.moveaxis(stats[2], 0, 2)
                 choice_btlk = None if stats[3] is None else jnp.moveaxis(stats[3], 0, 2)
-        return x, None, (loads, aux_loss, used_btlk, choice_btlk)
+                drops.append(stats[4])
+        return x, None, (loads, aux_loss, used_btlk, choice_btlk, drops)
 
     def _mtp(self, h_btd, tokens_bt, positions_bt, cos_sin, segment_ids_bt, mask_bt):
         """Sequential MTP: module k sees h^{k-1} and the embedding of the token k steps ahead."""
-        outs, loads, aux = [], [], jnp.zeros((), jnp.float32)
+        outs, loads, aux, drops = [], [], jnp.zeros((), jnp.float32), []
         for k, mod in enumerate(self.mtp, start=1):
             # t_{i+k}; the last k positions have no such token (their targets are masked by the loss)
             ahead_bt = jnp.pad(tokens_bt[:, k:], ((0, 0), (0, k)))
@@ -277,8 +285,9 @@ class Transformer(nnx.Module):
             if stats is not None:
                 loads.append(stats[0])
                 aux = aux + stats[1]
+                drops.append(stats[4])
             outs.append(mod.norm(h_btd))
-        return jnp.stack(outs), loads, aux
+        return jnp.stack(outs), loads, aux, drops
 
     def unembed_weight(self) -> jax.Array:
         """[d_model, vocab] in the compute dtype, tied or not."""

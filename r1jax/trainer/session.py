@@ -23,7 +23,7 @@ import os
 import jax
 from jax.sharding import Mesh
 
-from r1jax import console
+from r1jax import console, fileio
 from r1jax.checkpoint import CheckpointManager, abstract_state
 from r1jax.metrics import MetricsWriter
 from r1jax.model import param_counts, replicated_params
@@ -36,7 +36,7 @@ from r1jax.trainer.state import TrainState, init_train_state, train_state_shardi
 class Session:
     def __init__(self, workdir: str, mesh_cfg: MeshConfig, keep: int = 2, mesh: Mesh | None = None):
         self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
+        fileio.makedirs(workdir)  # a local path or a remote URI (gs://)
         self.mesh = mesh if mesh is not None else make_mesh(mesh_cfg)
         self.is_main = jax.process_index() == 0
         self.ckpt = CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), keep=keep)
@@ -102,6 +102,7 @@ class Session:
             "train": {"opt_state": state.opt_state, "step": state.step, "rng": state.rng,
                       **{k: v for k, v in (extras or {}).items() if v is not None}},
         }, data_state=data_state, force=force)
+        self.writer.flush()  # a remote metrics file holds every row the checkpoint covers
 
     def close(self) -> None:
         self.ckpt.close()

@@ -91,6 +91,8 @@ def make_train_step(graphdef, objective: Objective, optimizer: optax.GradientTra
         loss, sums, aux = objective.loss(model, micro)
         # the balance loss is a per-forward mean: average it over the micro-batches
         sums = {**sums, "aux_loss": aux.aux_loss / m}
+        if aux.dropped_frac is not None:  # capacity-bounded expert dispatch (model.moe_dispatch=all_to_all)
+            sums["moe_dropped_frac"] = aux.dropped_frac / m
         return loss + aux.aux_loss / m, (sums, aux.expert_load_le / m)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -130,7 +132,8 @@ def make_train_step(graphdef, objective: Objective, optimizer: optax.GradientTra
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
 
         aux_loss = sums.pop("aux_loss")
-        metrics = {"loss": loss, "grad_norm": grad_norm, "aux_loss": aux_loss,
+        dropped = {"moe_dropped_frac": sums.pop("moe_dropped_frac")} if "moe_dropped_frac" in sums else {}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "aux_loss": aux_loss, **dropped,
                    "skipped_nonfinite": 1.0 - finite.astype(jnp.float32), **objective.metrics(batch, sums)}
         if load_le.shape[0]:
             metrics["expert_load_max"] = jnp.max(load_le) * load_le.shape[1]  # 1 = perfectly balanced

@@ -46,6 +46,8 @@ VARIANTS = {
                                  original_max_position_embeddings=32)),
     # DeepSeek-V3 layout: MLA, YaRN, routed + shared experts, an MTP module (transformers ignores it)
     "tiny_moe": lambda: get_variant("tiny_moe"),
+    # the same with scanned layers (parameters stacked per run): the export unstacks them
+    "tiny_moe_scanned": lambda: dataclasses.replace(get_variant("tiny_moe"), scan_layers=True),
 }
 
 
@@ -129,6 +131,10 @@ def test_transformers_loads_the_export(variant, tok, tmp_path):
     cfg2, _, state2 = hf_io.load_hf(out)
     if cfg.attention == "mla":  # MLA ignores n_kv_heads; HF's DeepSeek needs num_key_value_heads = heads
         cfg2 = dataclasses.replace(cfg2, n_kv_heads=cfg.n_kv_heads)
+    if cfg.scan_layers:  # HF has one tensor per layer: it reads back unrolled, the same weights
+        from r1jax.model.scan import unstack_layers
+
+        state, cfg = unstack_layers(cfg, state), dataclasses.replace(cfg, scan_layers=False)
     assert cfg2 == cfg
     for (p1, v1), (p2, v2) in zip(nnx.to_flat_state(state), nnx.to_flat_state(state2)):
         assert p1 == p2 and np.array_equal(np.asarray(v1.get_value()), np.asarray(v2.get_value())), p1

@@ -227,3 +227,29 @@ def test_all_to_all_temporaries_fall_with_the_expert_axis():
     assert a2a[0] > 1.6 * a2a[1] > 1.6 * 1.6 * a2a[2]  # ~1/expert: halves as the axis doubles
     assert ag[2] >= 0.9 * ag[0]  # every shard holds every token of the axis: no decrease
     assert a2a[2] < 0.4 * ag[2]
+
+
+def test_model_reports_the_dropped_fraction():
+    """ModelAux.dropped_frac: 0 when the capacity holds every assignment (and on the dropless local path),
+    > 0 when it cannot; None for a dense model."""
+    b, t = 8, 8
+    tokens = jnp.asarray(np.random.RandomState(1).randint(0, CFG.vocab_size, (b, t)))
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    mesh = make_mesh(MeshConfig(fsdp=2, expert=4))
+    batch = NamedSharding(mesh, BATCH)
+    dropped = {}
+    for factor in (4.0, 0.05):
+        cfg = dataclasses.replace(CFG, n_layers=2, first_k_dense=1, moe_dispatch="all_to_all",
+                                  moe_capacity_factor=factor)
+        graphdef, state = M.create_sharded(cfg, mesh, rng_seed=3)
+        with jax.set_mesh(mesh):
+            aux = jax.jit(lambda s, x, p, g=graphdef: M.apply(g, s, x, p)[2])(
+                state, jax.device_put(tokens, batch), jax.device_put(positions, batch))
+        dropped[factor] = float(aux.dropped_frac)
+        single = jax.tree.map(np.asarray, state)  # one device: the dropless local dispatch
+        assert float(M.apply(graphdef, single, tokens, positions)[2].dropped_frac) == 0.0
+    assert dropped[4.0] == 0.0 and 0.0 < dropped[0.05] < 1.0, dropped
+    dense = M.get_variant("tiny_dense")
+    graphdef, state = M.create_sharded(dense, M.single_device_mesh() if hasattr(M, "single_device_mesh") else
+                                       make_mesh(MeshConfig(fsdp=1), devices=jax.devices()[:1]))
+    assert M.apply(graphdef, state, tokens % dense.vocab_size, positions)[2].dropped_frac is None
