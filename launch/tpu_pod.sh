@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# R1-Zero on a multi-host TPU pod slice: the same command on every worker (plain multi-controller JAX).
-# Each worker auto-starts its own reward server subprocess on localhost (config reward.urls empty), so
-# reward verification scales with the hosts and never crosses the network.
+# R1-Zero on a multi-host TPU pod slice: the same command on every worker (plain multi-controller JAX,
+# jax.distributed from the TPU environment; docs/multihost.md). Each worker auto-starts its own reward
+# server subprocess on localhost (config reward.urls empty) and scores its share of every batch there, so
+# verification scales with the hosts and never crosses the network.
 #
 #   TPU_NAME=my-v5p ZONE=us-east5-a CONFIG=configs/r1_zero.py:dsv3_pod WORKDIR=gs://bucket/runs/x \
-#     bash launch/tpu_pod.sh [--config.rl.steps=...]
+#     bash launch/tpu_pod.sh --config.data.path=gs://bucket/problems.jsonl --config.policy.path=/mnt/dsv3 ...
 #
-# Requires the repo checked out at the same path on every worker (e.g. via `--worker=all` git clone) and
-# `pip install -e .` there. WORKDIR must be shared storage (GCS) for checkpoints to be visible to all.
+# Check the fit first, on any machine: python launch/aot_compile.py --config $CONFIG (docs/pod.md).
+# Requires the repo at the same path on every worker with `pip install -e ".[gcs]"` there (gcsfs: epath's
+# gs:// backend). WORKDIR must be shared storage (GCS): every worker writes its shards of each checkpoint.
+# A worker that dies ends the job through jax.distributed's heartbeat (R1JAX_HEARTBEAT_S, default 100 s);
+# the same command resumes from the last checkpoint.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 CONFIG=${CONFIG:-configs/r1_zero.py:dsv3_pod}
