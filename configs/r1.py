@@ -20,7 +20,7 @@ Variants (`--config configs/r1.py:<variant>`):
          the same steps without `base` (a config for one GPU; not run on the CPU here).
 
   dsv3_pod the DeepSeek-V3 shapes on a TPU v5p pod slice, every stage from the V3 base weights and your
-         data files (config only: the 671B step does not fit yet, docs/benchmarks.md).
+         data files (config only, not run; the RL step's fit: docs/benchmarks.md § Pod fit).
 
 Any other checkpoint: point the steps' `set.policy` at it (source "gguf" or "hf"), as `smollm2` does.
 """
@@ -194,13 +194,19 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     """The DeepSeek-V3 shapes of the paper on a TPU v5p pod slice (mesh fsdp=16 x expert=64, the
     configs/r1_zero.py:dsv3_pod RL settings): every stage starts from the DeepSeek-V3 base weights (HF
     directory) and the data are files you provide (cold-start chains of thought, reasoning prompts,
-    general SFT data, preference pairs, general prompts). Not run here: the 671B step does not fit yet
-    (docs/benchmarks.md); the config resolves and is checked like the others."""
+    general SFT data, preference pairs, general prompts). Not run here; the RL steps' fit is checked by
+    launch/aot_compile.py (docs/benchmarks.md § Pod fit); the config resolves and is checked like the others."""
     c.name = "r1_dsv3_pod"
     root = "/gcs/r1"  # where your data live (any path the hosts can read)
     base = dict(source="hf", path="/gcs/deepseek-v3-base")
-    pod = dict(mesh=dict(data=1, fsdp=16, expert=64, tensor=1), model=dict(dtype="bfloat16", param_dtype="bfloat16"))
-    long = dict(rollout=dict(max_prompt_len=1024, max_new_tokens=32768))
+    # the pod configs' dtype policy and memory settings (configs/r1_zero.py:_pod, docs/pod.md)
+    pod = dict(mesh=dict(data=1, fsdp=16, expert=64, tensor=1), model=dict(
+        dtype="bfloat16", param_dtype="float32", overrides=dict(
+            scan_layers=True, remat=True, remat_policy="nothing_saveable", moe_dispatch="all_to_all",
+            train_attention_block=1024)))
+    # the longest response whose GRPO step fits a v5p chip today (configs/r1_zero.py:dsv3_pod)
+    long = dict(rollout=dict(max_prompt_len=1024, max_new_tokens=9216))
+    prompts = dict(data=dict(task="file", path=f"{root}/reasoning_prompts.jsonl"))
     s = c.steps
     for name in ("base", "preferences", "cold_start_data", "general_sft"):
         del s[name]
@@ -218,11 +224,11 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     general = dict(GENERAL, task="file", path=f"{root}/general_prompts.jsonl", n_eval=256)
     for name in ("reasoning_rl", "rl_all"):
         s[name].config = "r1_zero.py:dsv3_pod"
-        s[name].set = ConfigDict(_merge(s[name].set.to_dict(), long, dict(optim=dict(learning_rate=3e-6))))
+        s[name].set = ConfigDict(_merge(s[name].set.to_dict(), long, prompts, dict(optim=dict(learning_rate=3e-6))))
     s.rl_all.set.sources.general = ConfigDict(general)
     c.report.steps = ("cold_start", "reasoning_rl", "sft", "rl_all")
     c.report.config = "r1_zero.py:dsv3_pod"
-    c.report.set = ConfigDict(_merge(c.report.set.to_dict(), long, dict(sources=dict(general=general))))
+    c.report.set = ConfigDict(_merge(c.report.set.to_dict(), long, prompts, dict(sources=dict(general=general))))
     del c.report["step_set"]
     return c
 
