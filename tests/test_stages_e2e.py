@@ -78,7 +78,7 @@ def _sft(root, name, data, policy, *extra, timeout=600):
                   timeout=timeout)
 
 
-def test_chain_sft_sample_sft_rl_eval_export(runs):
+def test_chain_sft_sample_sft_eval_export(runs):
     root = runs
     base = root / "base"
     # ── cold-start SFT of the base model: held-out loss and pass@1 logged, loss goes down ─────────
@@ -103,26 +103,21 @@ def test_chain_sft_sample_sft_rl_eval_export(runs):
          "--config.data.seq_len=192", "--config.eval_task.task=")
     assert _started_from(root / "sft2").startswith(f"workdir:{base}")
 
-    # ── RL on the SFT policy, in the readable format ────────────────────────────────────────────
-    _r1jax("rl", f"--workdir={root / 'rl'}", "--config.policy.source=workdir", f"--config.policy.path={root / 'sft2'}",
-           *R1, *MODEL, "--config.data.n_train=16", "--config.data.n_eval=2", "--config.data.prompts_per_step=2",
-           "--config.grpo.group_size=4", "--config.rollout.max_new_tokens=12", "--config.eval.k=2",
-           "--config.rl.steps=2", "--config.checkpoint.every=1", *SERVER)
-    rl_rows = _read_jsonl(root / "rl" / "metrics.jsonl")
-    assert [r["step"] for r in rl_rows] == [0, 1, 2] and "grpo/loss" in rl_rows[1]
-    assert _started_from(root / "rl").startswith(f"workdir:{root / 'sft2'}")
+    # (RL on an SFT policy in the readable format: tests/test_r1_pipeline_e2e.py, reasoning_rl)
 
-    # ── evaluation of the RL policy: report files ───────────────────────────────────────────────
-    _r1jax("eval", f"--workdir={root / 'eval'}", f"--config.policy.path={root / 'rl'}", *R1,
+    # ── evaluation of the SFT policy: report files ──────────────────────────────────────────────
+    sft2_steps = [r["step"] for r in _read_jsonl(root / "sft2" / "metrics.jsonl")]
+    _r1jax("eval", f"--workdir={root / 'eval'}", f"--config.policy.path={root / 'sft2'}", *R1,
            "--config.data.n_eval=4", "--config.eval.k=2", *SERVER)
     with open(root / "eval" / "arithmetic.json") as f:
         report = json.load(f)
-    assert report["scalars"]["n_problems"] == 4 and report["settings"]["policy"].startswith(f"workdir:{root / 'rl'}@2")
+    assert report["scalars"]["n_problems"] == 4
+    assert report["settings"]["policy"].startswith(f"workdir:{root / 'sft2'}@{sft2_steps[-1]}")
     assert len(_read_jsonl(root / "eval" / "arithmetic_samples.jsonl")) == 8
 
-    # ── export: transformers loads the RL checkpoint and computes the same logits ───────────────
-    _r1jax("export", str(root / "rl"), str(root / "hf"))
-    _same_logits_as_transformers(root / "rl", root / "hf")
+    # ── export: transformers loads the checkpoint and computes the same logits ──────────────────
+    _r1jax("export", str(root / "sft2"), str(root / "hf"))
+    _same_logits_as_transformers(root / "sft2", root / "hf")
 
 
 def _same_logits_as_transformers(workdir, hf_dir):
