@@ -160,6 +160,10 @@ def _split(q_parts, k_parts, v_bskd, positions_bt, segment_ids_bt, block):
     """The scanned inputs, in blocks of `block` tokens: queries (q parts, positions, segments) and keys
     (k parts, v, positions, segments). Padded keys sit past every position and padded queries before
     every position, so padding sees nothing and is seen by nothing."""
+    # Tie positions to the queries: inside a scan over layers the masks depend on positions alone, so JAX's
+    # scan partial evaluation would hoist them out of the layer loop as loop-invariant residuals, stacked
+    # for every (query block, key block) pair: O(T^2) memory. Depending on q, they are computed per tile.
+    positions_bt, segment_ids_bt, _ = jax.lax.optimization_barrier((positions_bt, segment_ids_bt, q_parts[0]))
     i32 = jnp.iinfo(positions_bt.dtype)
     seg = (lambda fill: None) if segment_ids_bt is None else (lambda fill: _blocks(segment_ids_bt, block, fill))
     qx = (tuple(_blocks(q, block, 0) for q in q_parts), _blocks(positions_bt, block, i32.min), seg(0))

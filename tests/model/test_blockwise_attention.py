@@ -174,3 +174,25 @@ def test_compiled_memory_linear_in_length_not_quadratic():
         assert dense[i + 1] / dense[i] > 3.5  # quadratic: [T, T] scores
         assert block[i + 1] / block[i] < 2.5  # linear (plus a constant [block, block] tile)
     assert block[-1] < dense[-1] / 20
+
+
+def test_memory_stays_linear_under_scanned_layers():
+    """Inside a scan over layers the masks must be computed per tile, not hoisted out of the layer loop
+    as loop-invariant residuals for every (query block, key block) pair (which is O(T^2))."""
+    def temp_mib(t):
+        cfg = dataclasses.replace(M.get_variant("tiny_dense"), n_layers=2, train_attention_block=128,
+                                  scan_layers=True, remat=True, max_position_embeddings=8192)
+        graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: M.Transformer(cfg, rngs=nnx.Rngs(0))),
+                                           nnx.Param, ...)
+
+        def loss(params, rest, tokens):
+            positions = jnp.broadcast_to(jnp.arange(t), tokens.shape)
+            hidden, _, _ = nnx.merge(graphdef, params, rest)(tokens, positions)
+            return jnp.mean(hidden.astype(jnp.float32) ** 2)
+
+        tokens = jax.ShapeDtypeStruct((1, t), jnp.int32)
+        compiled = jax.jit(jax.value_and_grad(loss)).lower(params, rest, tokens).compile()
+        return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+    small, large = temp_mib(1024), temp_mib(4096)
+    assert large / small < 5.0, (small, large)  # linear: ~4x for 4x the tokens; the hoisted masks gave ~12x
