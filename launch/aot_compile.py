@@ -13,7 +13,9 @@ topology on `jax.ShapeDtypeStruct` inputs; nothing is allocated and no checkpoin
 
 For each: XLA's per-chip bytes (arguments, outputs, temporaries, generated code), the program's total,
 the peak with what else stays resident on the chip while it runs (the optimizer state, π_ref), that
-against the chip's HBM, and XLA's FLOP estimate per chip. A table is printed; --out writes JSON.
+against the chip's HBM, and XLA's FLOP estimate per chip (`cost_analysis()`, which counts a loop body
+once: with scanned layers and the decode while-loop it is not the step's total). A table is printed;
+--out writes JSON.
 
     pip install --target /tmp/tpu_site "libtpu==0.0.42.*"     # the libtpu matching jax 0.10.2 (no TPU needed)
     PYTHONPATH=/tmp/tpu_site python launch/aot_compile.py --config configs/r1_zero.py:dsv3_pod \\
