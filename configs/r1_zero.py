@@ -165,11 +165,11 @@ def _dsv3_pod(c: ConfigDict) -> ConfigDict:
     c.model.variant = "deepseek_v3_671b"
     c.mesh.update(dict(data=1, fsdp=16, expert=64, tensor=1))
     c.data.prompts_per_step = 64
-    # The longest response whose update step fits a v5p chip today (1,024 + 9,216 = 10,240 tokens a row, one
-    # row per chip: 83.7 of 95.7 GiB; 16,384 needs 133.7). The paper's 32,768 is blocked by the blockwise-
-    # attention mask XLA materialises for every block pair (136 GiB at 33K) and the all_to_all MoE buffers
+    # The longest response whose update step fits a v5p chip today (1,024 + 11,264 = 12,288 tokens a row, one
+    # row per chip: 88.9 of 95.7 GiB; 14,336 needs 98.0). The paper's 32,768 is blocked by the all_to_all MoE
+    # buffers, the saved residual stream and the non-expert weights repeated over the expert axis
     # (docs/benchmarks.md § Pod fit); the log-prob and rollout programs fit at 32,768 already.
-    c.rollout.max_new_tokens = 9216
+    c.rollout.max_new_tokens = 11264
     c.rl.steps = 10400  # R1-Zero's length in the paper
     c.rl.ref_refresh_every = 400  # paper: π_ref replaced by the policy every 400 steps
     return c
