@@ -12,7 +12,9 @@ Both sides use random weights with no stop tokens, so every row generates exactl
 Roofline (the hardware limit of one decode step): max(bytes / bandwidth, FLOPs / peak), where the
 bytes are every weight plus the KV cache of the tokens so far, the FLOPs 2 x parameters x rows plus
 attention over the filled cache, the bandwidth a read-only reduction over 1 GiB and the peak a large
-float32 matmul, both measured here on the same device (best of 5).
+float32 matmul, both measured here on the same device (best of 5). Beside it, products_only: one step's
+weight products alone (x [B, in] @ W for every matrix, chained), timed here: what this device's matmul
+kernels reach on the step's own shapes, with nothing else in the step.
 
 --tail: a GRPO-like length distribution. With random weights the next token is near-uniform, so
 stopping on k = V / mean token ids ends each row with probability ~1/mean per step: lengths are
@@ -57,6 +59,33 @@ def matmul_peak(n: int = 2048) -> float:
     a = jnp.ones((n, n), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
     return 2 * n**3 / _best(lambda: mm(a).block_until_ready())
+
+
+def weight_products_s(cfg, state, batch: int) -> float | None:
+    """Seconds for one decode step's weight products alone, as XLA runs them on this device: x [batch, in]
+    @ W for every weight matrix (the tied embedding as the unembedding), chained so they run one after
+    another as in the model. Nothing else (attention, norms, sampling): the kernel bound of a step on
+    these shapes. None for stacked weights (MoE experts, scanned layers)."""
+    mats = []
+    for path, w in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if w.ndim > 2:
+            return None
+        if w.ndim == 2:
+            is_embedding = "embedding" in jax.tree_util.keystr(path)
+            if is_embedding and not cfg.tie_word_embeddings:
+                continue  # a row lookup, not a product
+            mats.append(w.T if is_embedding else w)
+    xs = [jnp.ones((batch, w.shape[0]), w.dtype) for w in mats]
+
+    @jax.jit
+    def products(xs, mats):
+        c = jnp.zeros((), mats[0].dtype)
+        for x, w in zip(xs, mats):
+            c = (x + c) @ w  # the next product waits for this one
+            c = c[0, 0]
+        return c
+
+    return _best(lambda: products(xs, mats).block_until_ready())
 
 
 def _timed(fn) -> float:
@@ -181,6 +210,7 @@ def main():
             kv_bytes, flops = step_cost(cfg, state, batch, args.prompt + steps / 2)  # KV of the tokens so far
             roofline_step_s = max(kv_bytes / bandwidth, flops / peak)
             roofline_tps = batch / roofline_step_s
+            products_s = weight_products_s(cfg, state, batch)
             row = dict(
                 batch=batch,
                 prompt=args.prompt,
@@ -191,6 +221,9 @@ def main():
                 roofline_tokens_per_s=roofline_tps,
                 roofline_bound="memory" if kv_bytes / bandwidth >= flops / peak else "compute",
                 fraction_of_roofline=ours["tokens_per_s"] / roofline_tps,
+                # one step's weight products alone, XLA's kernels on these shapes: a bound below the roofline
+                products_only_tokens_per_s=None if products_s is None else batch / products_s,
+                products_only_fraction_of_roofline=None if products_s is None else roofline_step_s / products_s,
                 cache_slots=bucket(args.prompt) + bucket(args.new),
             )
             if args.tail:
