@@ -147,3 +147,14 @@ def test_pod_config_does_not_fit_a_smaller_slice_and_says_why():
 def test_unknown_variant():
     with pytest.raises(ValueError, match="unknown variant 'huge'"):
         _config("r1_zero", "huge")
+
+
+@pytest.mark.parametrize("field, value", [("max_staleness", 1), ("sampler_devices", 4)])
+def test_single_process_rl_options_are_refused_for_several_processes(field, value):
+    """Asynchronous rollout and a sampler on its own devices work in one process and fail at start-up,
+    naming the field, in a multi-process job (they would desynchronise or strand the other processes)."""
+    c = _config("r1_zero", "tiny")
+    c.rl[field] = value
+    rl.build(c, n_devices=8, n_processes=1)
+    with pytest.raises(ConfigError, match=f"config.rl.{field}.*single-process"):
+        rl.build(c, n_devices=8, n_processes=2)

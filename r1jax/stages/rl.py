@@ -102,8 +102,9 @@ class RLSpec:
     checkpoint_keep: int
 
 
-def build(c, n_devices: int | None = None) -> RLSpec:
-    """Every dataclass of the stage from the config, with the checks that relate sections."""
+def build(c, n_devices: int | None = None, n_processes: int | None = None) -> RLSpec:
+    """Every dataclass of the stage from the config, with the checks that relate sections (for the run's
+    devices and processes, or the n_devices / n_processes given)."""
     grpo = C.build(GRPOConfig, "grpo", **C.section(c, "grpo"))
     rl = C.section(c, "rl")
     C.require(rl["steps"] >= 0, "rl.steps", f"must be >= 0, got {rl['steps']}")
@@ -133,9 +134,14 @@ def build(c, n_devices: int | None = None) -> RLSpec:
     C.require(spec.max_staleness >= 0, "rl.max_staleness", f"must be >= 0, got {spec.max_staleness}")
     C.require(not (spec.max_staleness and spec.dynamic_sampling), "rl.max_staleness",
               "asynchronous rollout with rl.dynamic_sampling is not supported (the refill draws depend on rewards)")
-    C.require(not (spec.max_staleness and jax.process_count() > 1), "rl.max_staleness",
+    n_processes = jax.process_count() if n_processes is None else n_processes
+    C.require(not (spec.max_staleness and n_processes > 1), "rl.max_staleness",
               "asynchronous rollout is single-process only (its rollout thread would issue collectives in a "
               "different order on each process); set it to 0 for a multi-process job")
+    C.require(not (spec.sampler_devices and n_processes > 1), "rl.sampler_devices",
+              "a sampler on devices of its own is single-process only (the last devices belong to one process, "
+              "so the trainer's mesh would leave the other processes without a shard); set it to 0 for a "
+              "multi-process job")
     n_devices = jax.device_count() if n_devices is None else n_devices
     C.require(0 <= spec.sampler_devices < n_devices, "rl.sampler_devices",
               f"must leave the trainer at least one of the {n_devices} devices, got {spec.sampler_devices}")
