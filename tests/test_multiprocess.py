@@ -3,7 +3,8 @@ processes of 4 CPU devices each (jax.distributed on localhost, gloo collectives,
 process), and must give what one process of 8 devices gives at the same seed: the same parameters and
 the same metrics rows, held-out evaluation included. One process killed with SIGKILL ends the job (the
 launcher stops the other); the same command then resumes from the last checkpoint and ends where the
-uninterrupted run ends. An MoE policy with its expert axis spanning both processes does the same."""
+uninterrupted run ends. An MoE policy with its expert axis spanning both processes does the same, and a
+reward model scores the same rows on two processes as on one."""
 
 import json
 import os
@@ -140,3 +141,66 @@ def test_moe_expert_axis_across_two_processes(tmp_path):
     _ok(subprocess.run(_launch_cmd(*args, f"--workdir={two}"), env=_env(None), capture_output=True, text=True,
                        timeout=900))
     _assert_same_run(one, two, 2)
+
+
+_RM_SCRIPT = '''
+import argparse, dataclasses, json, sys
+from r1jax.main import _init_distributed
+_init_distributed(argparse.Namespace())
+import jax, numpy as np
+from r1jax.data.templates import format_r1_response
+from r1jax.model import create_sharded
+from r1jax.model.config import get_variant
+from r1jax.parallel.mesh import MeshConfig, make_mesh
+from r1jax.trainer import reward_model as R
+from r1jax.trainer.policy import Policy
+from r1jax.trainer.state import split_model_state
+
+
+class CharTokenizer:
+    pad_id, eos_id, bos_id, vocab_size = 0, 1, None, 128
+
+    def encode(self, text):
+        return [3 + (b % 125) for b in text.encode()]
+
+
+mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+cfg = dataclasses.replace(get_variant("tiny_dense"), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128,
+                          vocab_size=128)
+graphdef, full = create_sharded(cfg, mesh, 0)
+rm = R.reward_policy(Policy(cfg, graphdef, *split_model_state(full), CharTokenizer(), "test"), mesh,
+                     head_init_std=0.5)
+record = {"view": "response", "template": "chatml", "max_len": 128, "buckets": [64, 128]}
+model = R.RewardModel(cfg, rm.graphdef, rm.params, rm.model_state, CharTokenizer(), record, mesh, batch_rows=8)
+rng = np.random.default_rng(0)
+questions = [f"Sort {' '.join(map(str, rng.integers(0, 50, size=3)))}" for _ in range(11)]
+responses = [format_r1_response("sort them", "x" * int(rng.integers(1, 90))) for _ in range(11)]
+scores = model.score(questions, responses)
+with open(sys.argv[1] + f".{jax.process_index()}", "w") as f:
+    json.dump(dict(processes=jax.process_count(), scores=scores.tolist()), f)
+'''
+
+
+def test_reward_model_scores_the_same_rows_on_two_processes(tmp_path):
+    """The reward models of RL for all scenarios score the global batch on every process (MixedScorer):
+    two processes of 4 devices give the scores one process of 8 gives, on the same mesh shape."""
+    from r1jax import launcher
+
+    script = tmp_path / "score.py"
+    script.write_text(_RM_SCRIPT)
+    _ok(subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=_env(8), capture_output=True,
+                       text=True, timeout=300))
+    address = f"localhost:{launcher.free_port()}"
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=launcher.child_env(_env(None), i, 2, address, cpu_devices=4, gpus_per_process=0))
+             for i in range(2)]
+    for p in procs:
+        log, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, log[-4000:]
+    one = json.loads((tmp_path / "one.0").read_text())
+    two = [json.loads((tmp_path / f"two.{i}").read_text()) for i in range(2)]
+    assert one["processes"] == 1 and [r["processes"] for r in two] == [2, 2]
+    assert len(one["scores"]) == 11 and np.std(one["scores"]) > 0
+    for r in two:
+        np.testing.assert_allclose(r["scores"], one["scores"], rtol=1e-5, atol=1e-6)

@@ -61,6 +61,7 @@ from r1jax.model import ModelConfig, state_shardings
 from r1jax.model.config import config_from_dict
 from r1jax.model.layers import param
 from r1jax.model.transformer import Transformer
+from r1jax.parallel import multihost
 from r1jax.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
 from r1jax.reward.mathcheck import split_completion
 from r1jax.trainer.policy import POLICY_RECORD, TOKENIZER_DIR, Policy, restore_policy_item
@@ -344,6 +345,7 @@ class RewardModel:
             return model.scores(tokens_bl, last_b)[0]
 
         in_shardings = (state_shardings(params, mesh), state_shardings(model_state, mesh), bsh, bsh)
+        self._rows_sharding = bsh
         self._forward = jax.jit(forward, in_shardings=in_shardings, out_shardings=NamedSharding(mesh, P()))
 
     @classmethod
@@ -383,6 +385,8 @@ class RewardModel:
             for j, i in enumerate(chunk):
                 tokens[j, :len(rows[i])] = rows[i]
                 last[j] = len(rows[i]) - 1
+            # the same rows on every process (MixedScorer scores the global batch): each places its slices
+            tokens, last = multihost.put((tokens, last), self._rows_sharding)
             with jax.set_mesh(self.mesh):
                 r = self._forward(self.params, self.model_state, tokens, last)
             out[chunk] = np.asarray(jax.device_get(r))[:len(chunk)]
