@@ -12,7 +12,7 @@
                  configs/r1.py:tiny: base -> reward models -> cold start -> reasoning RL -> rejection
                  sampling -> SFT -> RL for all scenarios -> per-stage report); resumable
   r1jax config   --print [--config FILE:VARIANT] [--config.FIELD=VALUE ...]: the resolved config
-  r1jax export   WORKDIR OUT_DIR [--step N]: a stage's checkpoint -> HF safetensors directory
+  r1jax export   WORKDIR OUT_DIR [--step N] [--overwrite]: a stage's checkpoint -> HF safetensors directory
   r1jax plot     RUN_DIR: the paper's views of a run, as PNG files
   r1jax launch   -n N [--cpu_devices K | --gpus_per_process K] -- COMMAND ...: N JAX processes on this
                  machine running COMMAND together, as a pod's hosts do (r1jax/launcher.py)
@@ -244,15 +244,20 @@ def run_stage(command: str, config, workdir: str, check=lambda spec: None):
     return stage.run(spec, workdir)
 
 
+def _add_process_flags(ap: argparse.ArgumentParser) -> None:
+    """The multi-controller flags every command that touches the devices takes (see _init_distributed)."""
+    ap.add_argument("--multihost", action="store_true", help="take the processes from the cluster (TPU pods)")
+    ap.add_argument("--coordinator_address", default=None)
+    ap.add_argument("--num_processes", type=int, default=None)
+    ap.add_argument("--process_id", type=int, default=None)
+
+
 def _stage(command: str, argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog=f"r1jax {command}", add_help=False)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--traceback", action="store_true")
-    ap.add_argument("--multihost", action="store_true")
-    ap.add_argument("--coordinator_address", default=None)
-    ap.add_argument("--num_processes", type=int, default=None)
-    ap.add_argument("--process_id", type=int, default=None)
+    _add_process_flags(ap)
     ap.add_argument("--help", "-h", action="store_true")
     args, rest = ap.parse_known_args(_join_config_value(argv))
     stray = [a for a in rest if not a.startswith("--config")]
@@ -275,7 +280,8 @@ def _exit_on_user_error(command: str, e: Exception, traceback: bool) -> None:
     from r1jax.data.readers import DataError
     from r1jax.trainer.config import ConfigError
 
-    if traceback or not isinstance(e, (UsageError, ConfigError, DataError, FileNotFoundError, ConnectionError)):
+    user_errors = (UsageError, ConfigError, DataError, FileNotFoundError, FileExistsError, ConnectionError)
+    if traceback or not isinstance(e, user_errors):
         raise e
     print(f"r1jax {command}: {_one_line(e)}", file=sys.stderr)
     sys.exit(2)
@@ -369,12 +375,20 @@ def _config_command(argv: list[str]) -> None:
 def _export(argv) -> None:
     ap = argparse.ArgumentParser(prog="r1jax export", description="A stage's checkpoint -> HF safetensors dir.")
     ap.add_argument("workdir", help="a stage's workdir (policy.json, tokenizer/, checkpoints/)")
-    ap.add_argument("out_dir", help="the HF directory to write (must not exist)")
+    ap.add_argument("out_dir", help="the HF directory to write (must not exist, unless --overwrite)")
     ap.add_argument("--step", type=int, default=-1, help="checkpoint step; -1 = the latest")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing out_dir (atomically)")
+    ap.add_argument("--traceback", action="store_true", help="raise user errors with their traceback")
+    _add_process_flags(ap)  # a sharded checkpoint is gathered by every process; process 0 writes
     args = ap.parse_args(argv)
+    _quiet_logs(False)
+    _init_distributed(args)
     from r1jax.stages import export
 
-    print(export.run(args.workdir, args.out_dir, args.step))
+    try:
+        print(export.run(args.workdir, args.out_dir, args.step, overwrite=args.overwrite))
+    except (FileExistsError, FileNotFoundError) as e:
+        _exit_on_user_error("export", e, args.traceback)
 
 
 def _pipeline(argv: list[str]) -> None:
@@ -384,6 +398,7 @@ def _pipeline(argv: list[str]) -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--verbose", "-v", action="store_true")
     ap.add_argument("--traceback", action="store_true")
+    _add_process_flags(ap)
     args, rest = ap.parse_known_args(_join_config_value(argv))
     try:
         stray = [a for a in rest if not a.startswith("--config")]

@@ -46,6 +46,7 @@ def test_help_exits_0_and_lists_fields_with_docs(command, fields):
     (["sft", "--config.policy.path=x"], "config.data.path"),
     (["train", "--bogus"], "unknown argument '--bogus'"),
     (["trian"], "did you mean 'train'?"),
+    (["export", "no_such_workdir", "out"], "no_such_workdir"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message):
     proc = _r1jax(*args)

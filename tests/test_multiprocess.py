@@ -3,8 +3,8 @@ processes of 4 CPU devices each (jax.distributed on localhost, gloo collectives,
 process), and must give what one process of 8 devices gives at the same seed: the same parameters and
 the same metrics rows, held-out evaluation included. One process killed with SIGKILL ends the job (the
 launcher stops the other); the same command then resumes from the last checkpoint and ends where the
-uninterrupted run ends. An MoE policy with its expert axis spanning both processes does the same, and a
-reward model scores the same rows on two processes as on one."""
+uninterrupted run ends, and its export equals the single process's. An MoE policy with its expert axis
+spanning both processes does the same, and a reward model scores the same rows on two processes as on one."""
 
 import json
 import os
@@ -129,6 +129,18 @@ def test_two_processes_equal_one_and_a_killed_process_resumes(base, tmp_path):
     _ok(resumed)
     assert f"resuming from step {steps_saved[-1]}" in resumed.stdout + resumed.stderr
     _assert_same_run(one, two, STEPS)
+
+    # export of the checkpoint sharded over both processes: every process gathers, process 0 writes
+    from safetensors.numpy import load_file
+
+    _ok(_single("export", one, str(tmp_path / "hf_one")))
+    _ok(subprocess.run(_launch_cmd("export", two, str(tmp_path / "hf_two")), env=_env(None), capture_output=True,
+                       text=True, timeout=300))
+    assert sorted(os.listdir(tmp_path / "hf_two")) == sorted(os.listdir(tmp_path / "hf_one"))
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("hf_one", "hf_two"))
+    assert sorted(a) == sorted(b) and len(a) > 0
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_moe_expert_axis_across_two_processes(tmp_path):

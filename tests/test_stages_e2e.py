@@ -118,6 +118,11 @@ def test_chain_sft_sample_sft_eval_export(runs):
     # ── export: transformers loads the checkpoint and computes the same logits ──────────────────
     _r1jax("export", str(root / "sft2"), str(root / "hf"))
     _same_logits_as_transformers(root / "sft2", root / "hf")
+    again = subprocess.run([sys.executable, "-m", "r1jax.main", "export", str(root / "sft2"), str(root / "hf")],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    _r1jax("export", str(root / "sft2"), str(root / "hf"), "--overwrite")
+    _same_logits_as_transformers(root / "sft2", root / "hf")
 
 
 def _same_logits_as_transformers(workdir, hf_dir):

@@ -29,6 +29,7 @@ from r1jax.data.tokenizer import Tokenizer, save_tokenizer
 from r1jax.fileio import write_atomic
 from r1jax.model.config import ModelConfig
 from r1jax.model.hf_io import save_hf
+from r1jax.parallel import multihost
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
@@ -49,8 +50,10 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
 
         state, cfg = unstack_layers(cfg, state), dataclasses.replace(cfg, scan_layers=False)
     _check_fits(cfg, tokenizer, directory)
-    if fileio.exists(directory) and not overwrite:
-        raise FileExistsError(f"{directory}: already exists (export_hf(..., overwrite=True) replaces it)")
+    exists = fileio.exists(directory)
+    multihost.sync(f"export_hf checked {directory}")  # every process looks before process 0 writes
+    if exists:
+        check_target(directory, overwrite)
     if fileio.is_remote(directory):
         with tempfile.TemporaryDirectory(prefix="r1jax-export-") as local:
             export_hf(os.path.join(local, "export"), cfg, state, tokenizer, max_shard_bytes=max_shard_bytes)
@@ -69,10 +72,14 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
         if writer and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if jax.process_count() > 1:  # nobody reads the export before process 0 has renamed it into place
-        from jax.experimental import multihost_utils
+    multihost.sync(f"export_hf {directory}")  # nobody reads the export before process 0 has renamed it into place
 
-        multihost_utils.sync_global_devices(f"export_hf {directory}")
+
+def check_target(directory: str | os.PathLike, overwrite: bool) -> None:
+    """FileExistsError if `directory` exists and may not be replaced."""
+    if not overwrite and fileio.exists(os.fspath(directory)):
+        raise FileExistsError(f"{os.fspath(directory)}: already exists (overwrite=True, or `r1jax export "
+                              "--overwrite`, replaces it)")
 
 
 def _check_fits(cfg: ModelConfig, tokenizer: Tokenizer, directory: str) -> None:

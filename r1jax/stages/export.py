@@ -7,7 +7,7 @@ import jax
 from flax import nnx
 
 from r1jax import console
-from r1jax.model.export import export_hf
+from r1jax.model.export import check_target, export_hf
 from r1jax.parallel.mesh import MeshConfig, make_mesh
 from r1jax.trainer.config import ModelSpec, PolicySpec
 from r1jax.trainer.policy import load_policy
@@ -15,6 +15,7 @@ from r1jax.trainer.policy import load_policy
 
 def run(workdir: str, out_dir: str, step: int = -1, overwrite: bool = False) -> str:
     """Exports checkpoint `step` (-1 = the latest) of the stage workdir; returns out_dir."""
+    check_target(out_dir, overwrite)  # before loading the weights
     mesh = make_mesh(MeshConfig(fsdp=-1), devices=jax.devices())
     stored = ModelSpec()  # the architecture and dtypes are the checkpoint's own
     policy = load_policy(PolicySpec(source="workdir", path=workdir, step=step), stored, mesh)
