@@ -103,8 +103,10 @@ def base(tmp_path_factory):
 
 
 def test_two_processes_equal_one_and_a_killed_process_resumes(base, tmp_path):
+    # DAPO's dynamic sampling on: refilled batches are assembled on the host and must come back as the
+    # global arrays the sharded programs take, the same on every process
     args = ["rl", *DENSE, *RL, "--config.policy.source=workdir", f"--config.policy.path={base}",
-            f"--config.rl.steps={STEPS}"]
+            f"--config.rl.steps={STEPS}", "--config.rl.dynamic_sampling=True", "--config.rl.dynamic_sampling_rounds=2"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     _ok(_single(*args, f"--workdir={one}"))
 

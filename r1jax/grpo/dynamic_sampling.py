@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from r1jax.grpo.advantages import informative_groups
@@ -17,7 +18,8 @@ def fill_informative_groups(first, draw, group_size: int, max_rounds: int):
     """`first` and every `draw(round)` are (rollout, examples, rewards) of whole groups. Tied groups
     of `first` are replaced by informative groups drawn from up to `max_rounds` fresh rollouts; if
     too few are found the batch is topped up with tied groups (zero advantage, no effect on the
-    update). Returns (rollout, examples, rewards, rounds)."""
+    update). Returns (rollout, examples, rewards, rounds); the rollout's arrays keep the first rollout's
+shardings."""
     G = group_size
     n_groups = len(first[1]) // G
     informative = lambda src: [(src, g) for g in np.flatnonzero(informative_groups(src[2].rewards, G, src[2].valid))]
@@ -39,7 +41,10 @@ def fill_informative_groups(first, draw, group_size: int, max_rounds: int):
         if isinstance(first_value, list):
             return [x for src, g in chosen for x in rows(field_values(src), g)]
         # the whole rows of every process (multihost.fetch): the refilled batch is the same everywhere
-        return np.concatenate([rows(np.asarray(multihost.fetch(field_values(src))), g) for src, g in chosen])
+        value = np.concatenate([rows(np.asarray(multihost.fetch(field_values(src))), g) for src, g in chosen])
+        if isinstance(first_value, jax.Array):  # placed as the first rollout's arrays are: a sharded program
+            return multihost.put(value, first_value.sharding)  # takes it on every process as it took those
+        return value
 
     def take(index: int, cls):
         return cls(**{f.name: gather(lambda src, n=f.name: getattr(src[index], n))
