@@ -26,7 +26,10 @@ PRETRAIN = ["--config.pretrain.steps=2", "--config.pretrain.n_docs=200", "--conf
 RL = ["--config.data.n_train=16", "--config.data.n_eval=2", "--config.data.prompts_per_step=2",
       "--config.grpo.group_size=4", "--config.rollout.max_new_tokens=16", "--config.eval.k=2",
       "--config.eval.every=2", "--config.checkpoint.every=1", "--config.reward.workers=1",
-      "--config.grpo.beta=0.01", "--config.rl.ref_refresh_every=2"]
+      "--config.grpo.beta=0.01", "--config.rl.ref_refresh_every=2",
+      # a reward the few-step base model earns unevenly (the share of its words in English), on every row
+      # (truncated ones too): groups differ, so the updates move the parameters and the comparison has teeth
+      "--config.reward.weights.language=1.0", "--config.grpo.mask_truncated=False"]
 STEPS = 5
 UNTIMED = ("time/", "compile/", "throughput/")
 
@@ -77,6 +80,7 @@ def _assert_same_run(a, b, step):
         for key in ra:
             np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=1e-6, err_msg=f"step {ra['step']} {key}")
     assert "eval/pass@1" in rows_b[0] and "eval/cons@k" in rows_b[-1]  # evaluated over both processes
+    assert max(r.get("grpo/grad_norm", 0.0) for r in rows_a) > 0  # the updates did something
     pa, pb = _params(a, step), _params(b, step)
     assert len(pa) == len(pb) > 0
     for x, y in zip(pa, pb):
