@@ -24,6 +24,9 @@ TINY = [
     "--config.checkpoint.every=1", "--config.rl.steps=3", "--config.reward.workers=1",
     # a KL term against π_ref, refreshed every 2 steps: resuming from step 1 must still use the old π_ref
     "--config.grpo.beta=0.01", "--config.rl.ref_refresh_every=2",
+    # a reward the few-step base earns unevenly (the share of its words in English), on every row (truncated
+    # ones too): groups differ, so the updates move the parameters and resuming must restore real state
+    "--config.reward.weights.language=1.0", "--config.grpo.mask_truncated=False",
 ]
 
 
@@ -71,6 +74,7 @@ def test_two_plus_grpo_steps_end_to_end_on_8_devices(uninterrupted):
             assert key in r and np.isfinite(r[key]), key
         assert r["reward/invalid_frac"] == 0.0  # the real reward server answered every item
         assert r["grpo/old_vs_sampler_abs"] < 1e-4  # sampler and trainer agree on the log-probs
+    assert max(r["grpo/grad_norm"] for r in rows[1:]) > 0  # the updates did something
     for name in ("accuracy.png", "response_length.png", "reflection.png"):
         assert os.path.getsize(os.path.join(uninterrupted, "plots", name)) > 1000
     with open(os.path.join(uninterrupted, "samples.jsonl")) as f:
