@@ -135,6 +135,7 @@ def test_two_processes_equal_one_and_a_killed_process_resumes(base, tmp_path):
     _ok(resumed)
     assert f"resuming from step {steps_saved[-1]}" in resumed.stdout + resumed.stderr
     _assert_same_run(one, two, STEPS)
+    assert any(r.get("rollout/dynamic_sampling_rounds", 0) > 0 for r in _rows(one))  # a refill happened
 
     # export of the checkpoint sharded over both processes: every process gathers, process 0 writes
     from safetensors.numpy import load_file
