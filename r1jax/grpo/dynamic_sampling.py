@@ -19,7 +19,7 @@ def fill_informative_groups(first, draw, group_size: int, max_rounds: int):
     of `first` are replaced by informative groups drawn from up to `max_rounds` fresh rollouts; if
     too few are found the batch is topped up with tied groups (zero advantage, no effect on the
     update). Returns (rollout, examples, rewards, rounds); the rollout's arrays keep the first rollout's
-shardings."""
+    shardings."""
     G = group_size
     n_groups = len(first[1]) // G
     informative = lambda src: [(src, g) for g in np.flatnonzero(informative_groups(src[2].rewards, G, src[2].valid))]

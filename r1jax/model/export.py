@@ -52,8 +52,8 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
     _check_fits(cfg, tokenizer, directory)
     exists = fileio.exists(directory)
     multihost.sync(f"export_hf checked {directory}")  # every process looks before process 0 writes
-    if exists:
-        check_target(directory, overwrite)
+    if exists and not overwrite:
+        raise _exists_error(directory)
     if fileio.is_remote(directory):
         with tempfile.TemporaryDirectory(prefix="r1jax-export-") as local:
             export_hf(os.path.join(local, "export"), cfg, state, tokenizer, max_shard_bytes=max_shard_bytes)
@@ -76,10 +76,13 @@ def export_hf(directory: str | os.PathLike, cfg: ModelConfig, state, tokenizer: 
 
 
 def check_target(directory: str | os.PathLike, overwrite: bool) -> None:
-    """FileExistsError if `directory` exists and may not be replaced."""
+    """FileExistsError if `directory` exists and may not be replaced (before any work is done)."""
     if not overwrite and fileio.exists(os.fspath(directory)):
-        raise FileExistsError(f"{os.fspath(directory)}: already exists (overwrite=True, or `r1jax export "
-                              "--overwrite`, replaces it)")
+        raise _exists_error(os.fspath(directory))
+
+
+def _exists_error(directory: str) -> FileExistsError:
+    return FileExistsError(f"{directory}: already exists (overwrite=True, or `r1jax export --overwrite`, replaces it)")
 
 
 def _check_fits(cfg: ModelConfig, tokenizer: Tokenizer, directory: str) -> None:
